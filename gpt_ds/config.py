@@ -1,0 +1,384 @@
+"""One typed config tree for a run: YAML file (or preset name) + dotted CLI overrides.
+
+Every key is declared here; an unknown key or a value of the wrong type is refused with the dotted key named and the
+closest valid key suggested, before any process group or model exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gpt_ds.errors import GptDsError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = REPO_ROOT / "configs"
+DS_CONFIG_DIR = REPO_ROOT / "ds_configs"
+
+
+class ConfigError(GptDsError, ValueError):
+    """A problem with the user's configuration; the message names the key and the fix."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    dir: str = ""  # default: runs/<name>
+    seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0  # 0: taken from the tokenizer
+    hidden_size: int = 256
+    num_layers: int = 12
+    num_heads: int = 4
+    intermediate_size: int = 1024
+    embedding_size: int = 128
+    max_position_embeddings: int = 512
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation: str = "gelu"
+    # generator: width as a fraction of the discriminator's (ELECTRA: 1/4); depth 0 = same as the discriminator
+    generator_hidden_ratio: float = 0.25
+    generator_layers: int = 0
+    kernels: Literal["auto", "triton", "torch", "reference"] = "auto"
+
+
+@dataclass
+class ObjectiveConfig:
+    kind: Literal["electra", "mlm"] = "electra"
+    mask_prob: float = 0.15
+    # of the selected positions: share replaced by [MASK], kept as is, replaced by a random token (ELECTRA: .85/.15/0)
+    mask_token_frac: float = 0.85
+    keep_frac: float = 0.15
+    random_frac: float = 0.0
+    temperature: float = 1.0
+    disallow_correct: bool = False
+    gen_weight: float = 1.0
+    disc_weight: float = 50.0
+    embedding_sharing: Literal["gdes", "none"] = "gdes"
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    # text files / folders, tokenized and packed at start (small corpora) -- or token stores built by `gpt-ds prepare`
+    sources: list[SourceConfig] = field(default_factory=list)
+    tokenizer: str = ""  # a Hugging Face tokenizer directory (e.g. from `gpt-ds tokenizer train`)
+    seq_len: int = 128
+    synthetic: bool = False  # random token rows (tests, benchmarks); needs model.vocab_size
+    synthetic_samples: int = 4096
+    num_workers: int = 0
+    prefetch: int = 2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6
+    warmup_steps: int = 10000
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    global_batch: int = 128
+    micro_batch: int = 0  # per rank; 0: global_batch / (grad_accum * data-parallel ranks)
+    grad_accum: int = 1
+    max_steps: int = 1_000_000
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+
+@dataclass
+class DeepSpeedConfig:
+    generator: str = "ds_configs/zero3_fp32.json"
+    discriminator: str = "ds_configs/zero3_fp32.json"
+    overrides: dict = field(default_factory=dict)  # merged into both engines' ds_configs
+    generator_overrides: dict = field(default_factory=dict)
+    discriminator_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000
+    keep_last: int = 3
+    resume: str = "auto"  # auto | none | a step folder
+
+
+@dataclass
+class LoggingConfig:
+    every: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir or os.path.join("runs", self.run.name))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- building from dicts
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{where}' = {value!r} is not allowed; choose one of {list(allowed)}"
+                              f"{_suggest(str(value), [str(a) for a in allowed])}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, where + ".")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{where}' must be a list, got {value!r}")
+        if dataclasses.is_dataclass(item_tp):
+            out = []
+            for i, v in enumerate(value):
+                if isinstance(v, str) and item_tp is SourceConfig:
+                    v = {"path": v}
+                out.append(_coerce(v, item_tp, f"{where}[{i}]"))
+            return out
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}' must be a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{where}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{where}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{where}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_suggest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    cls: Any = Config
+    node = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else None
+        if hints is not None and part not in hints:
+            prefix = ".".join(parts[:i])
+            full = [f"{prefix}.{n}" if prefix else n for n in hints]
+            raise ConfigError(f"unknown config key '{dotted}' in override{_suggest(dotted, full)}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        cls = hints[part] if hints is not None else None
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{'.'.join(parts[:i + 1])}' is not a mapping")
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    presets = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"config '{name_or_path}' is neither a file nor a preset; presets: {presets}"
+                      f"{_suggest(name_or_path, presets)}")
+
+
+def parse_overrides(overrides: typing.Sequence[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. optim.lr=3e-4)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        out.append((key.strip(), value))
+    return out
+
+
+def load_config(name_or_path: str | None = None, overrides: typing.Sequence[str] = (), *,
+                raw: dict | None = None) -> Config:
+    """Preset name or YAML path, then `key=value` overrides; validated."""
+    data: dict = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        base = data.pop("base", None)  # a preset may extend another: `base: tiny`
+        if base is not None:
+            data = _merge(load_config(base).to_dict(), data)
+    if raw:
+        data = _merge(data, raw)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict) -> Config:
+    cfg = _build(Config, d)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that need no process group; batch arithmetic against the world size is in batch_layout()."""
+    o, m, t = cfg.objective, cfg.model, cfg.train
+    problems = []
+    if not 0.0 < o.mask_prob < 1.0:
+        problems.append(f"objective.mask_prob = {o.mask_prob} must be in (0, 1)")
+    split = o.mask_token_frac + o.keep_frac + o.random_frac
+    if abs(split - 1.0) > 1e-6 or min(o.mask_token_frac, o.keep_frac, o.random_frac) < 0:
+        problems.append(f"objective.mask_token_frac + keep_frac + random_frac = {split:g}; they must be >= 0 and sum to 1")
+    if o.temperature <= 0:
+        problems.append(f"objective.temperature = {o.temperature} must be > 0")
+    if m.hidden_size % m.num_heads:
+        problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
+    if not 0 < m.generator_hidden_ratio <= 1:
+        problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio} must be in (0, 1]")
+    if cfg.data.seq_len > m.max_position_embeddings:
+        problems.append(f"data.seq_len {cfg.data.seq_len} exceeds model.max_position_embeddings "
+                        f"{m.max_position_embeddings}; raise the latter or shorten the rows")
+    if t.global_batch <= 0 or t.grad_accum <= 0 or t.micro_batch < 0:
+        problems.append("train.global_batch and train.grad_accum must be > 0, train.micro_batch >= 0")
+    if t.max_steps <= 0:
+        problems.append(f"train.max_steps = {t.max_steps} must be > 0")
+    for s in cfg.data.sources:
+        if s.weight <= 0:
+            problems.append(f"data.sources entry '{s.path}' has weight {s.weight}; weights must be > 0")
+    if cfg.data.synthetic and m.vocab_size <= 0:
+        problems.append("data.synthetic needs model.vocab_size > 0")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    global_batch: int
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+
+
+def batch_layout(cfg: Config, world_size: int) -> BatchLayout:
+    """global = micro x accumulation x data-parallel ranks, checked before launch."""
+    t = cfg.train
+    if t.micro_batch == 0:
+        denom = t.grad_accum * world_size
+        if t.global_batch % denom:
+            raise ConfigError(
+                f"train.global_batch {t.global_batch} is not divisible by train.grad_accum {t.grad_accum} x "
+                f"{world_size} ranks; pick a global batch that is a multiple of {denom} or change train.grad_accum")
+        micro = t.global_batch // denom
+    else:
+        micro = t.micro_batch
+        if micro * t.grad_accum * world_size != t.global_batch:
+            raise ConfigError(
+                f"train.global_batch {t.global_batch} != train.micro_batch {micro} x train.grad_accum {t.grad_accum} x "
+                f"{world_size} ranks = {micro * t.grad_accum * world_size}; set train.micro_batch=0 to derive it")
+    return BatchLayout(t.global_batch, micro, t.grad_accum, world_size)
+
+
+def generator_sizes(m: ModelConfig) -> dict:
+    """ELECTRA's generator: a fraction of the discriminator's width, 64-wide heads, FFN 4x hidden."""
+    hidden = max(16, int(round(m.hidden_size * m.generator_hidden_ratio)))
+    head_dim = m.hidden_size // m.num_heads
+    heads = max(1, hidden // head_dim) if hidden % head_dim == 0 else 1
+    return dict(hidden_size=hidden, num_layers=m.generator_layers or m.num_layers, num_heads=heads,
+                intermediate_size=int(round(m.intermediate_size * m.generator_hidden_ratio)))
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """Hash of what fixes the model's shapes: a resume with a different one is refused."""
+    import hashlib
+    keep = {"model": dataclasses.asdict(cfg.model), "objective.kind": cfg.objective.kind,
+            "objective.embedding_sharing": cfg.objective.embedding_sharing}
+    keep["model"].pop("kernels", None)
+    keep["model"].pop("hidden_dropout", None)
+    keep["model"].pop("attention_dropout", None)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,121 @@
+"""Resolve a ds_config for one engine: the JSON file, the run's overrides, then what gpt_ds owns filled in.
+
+gpt_ds owns batch sizes, precision, clipping and the optimizer's hyper-parameters. A ds_config may leave them out or
+say "auto"; a value that contradicts the gpt_ds config is refused (it would otherwise win silently in DeepSpeed).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from gpt_ds.config import REPO_ROOT, BatchLayout, Config, ConfigError
+
+ENGINES = ("generator", "discriminator")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def ds_config_path(cfg: Config, engine: str) -> Path:
+    p = Path(getattr(cfg.deepspeed, engine))
+    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+        p = REPO_ROOT / p
+    return p
+
+
+def load_ds_json(path: Path, key: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{key}: ds_config file '{path}' does not exist; see ds_configs/ for presets")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{key}: ds_config file '{path}' is not valid JSON (line {e.lineno}, column {e.colno}: "
+                          f"{e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: ds_config file '{path}' must hold a JSON object")
+    return data
+
+
+def _own(ds: dict, key: str, value, where: str, gpt_key: str) -> None:
+    """Fill a key gpt_ds owns; refuse a contradicting explicit value."""
+    cur = ds.get(key, "auto")
+    if cur != "auto" and cur != value and not (isinstance(cur, (int, float)) and isinstance(value, (int, float))
+                                               and abs(cur - value) <= 1e-12 * max(1.0, abs(value))):
+        raise ConfigError(f"{where}: '{key}' = {cur!r} contradicts {gpt_key} = {value!r}; remove it from the "
+                          f"ds_config (gpt_ds fills it) or change {gpt_key}")
+    ds[key] = value
+
+
+def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None) -> dict:
+    """The dict handed to deepspeed.initialize for `engine` ("generator" or "discriminator")."""
+    assert engine in ENGINES
+    path = ds_config_path(cfg, engine)
+    where = f"deepspeed.{engine} ({path})"
+    ds = load_ds_json(path, f"deepspeed.{engine}")
+    ds = _merge(ds, cfg.deepspeed.overrides)
+    ds = _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
+
+    _own(ds, "train_batch_size", layout.global_batch, where, "train.global_batch")
+    _own(ds, "train_micro_batch_size_per_gpu", layout.micro_batch, where, "train.micro_batch (derived)")
+    _own(ds, "gradient_accumulation_steps", layout.grad_accum, where, "train.grad_accum")
+    _own(ds, "gradient_clipping", cfg.optim.grad_clip, where, "optim.grad_clip")
+
+    prec = cfg.train.precision
+    for name in ("bf16", "fp16"):
+        sec = ds.get(name)
+        enabled = isinstance(sec, dict) and sec.get("enabled") not in (False, "false")
+        if enabled and sec.get("enabled") != "auto" and name != prec:
+            raise ConfigError(f"{where}: '{name}.enabled' is on but train.precision = {prec!r}; set "
+                              f"train.precision={name} or remove the '{name}' section")
+    for name in ("bf16", "fp16"):
+        if name == prec:
+            ds[name] = _merge(ds.get(name) or {}, {"enabled": True})
+        elif name in ds:
+            ds[name] = _merge(ds[name], {"enabled": False})
+
+    opt = ds.get("optimizer")
+    if opt is not None:
+        params = opt.setdefault("params", {})
+        o = cfg.optim
+        for key, value in (("lr", o.lr), ("betas", [o.beta1, o.beta2]), ("eps", o.eps),
+                           ("weight_decay", o.weight_decay)):
+            cur = params.get(key, "auto")
+            if cur != "auto" and cur != value and not (key == "betas" and list(cur) == value):
+                raise ConfigError(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim."
+                                  f"{'beta1/beta2' if key == 'betas' else key} = {value!r}; remove it or use \"auto\"")
+            params[key] = value
+    if "scheduler" in ds:
+        raise ConfigError(f"{where}: has a 'scheduler' section; gpt_ds owns the schedule (optim.warmup_steps, "
+                          f"train.max_steps): remove it")
+
+    zero = ds.setdefault("zero_optimization", {})
+    h = hidden_size or cfg.model.hidden_size
+    # Scaled from the hidden size as transformers' DeepSpeed integration does for "auto".
+    for key, value in (("reduce_bucket_size", h * h), ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
+                       ("stage3_param_persistence_threshold", 10 * h)):
+        if zero.get(key) == "auto":
+            zero[key] = value
+    leftover = [k for k, v in _walk(ds) if v == "auto"]
+    if leftover:
+        raise ConfigError(f"{where}: no gpt_ds value for \"auto\" at {', '.join(leftover)}; set a number")
+    return ds
+
+
+def _walk(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _walk(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))

@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gpt_ds",
+    version="0.1.0",
+    description="ELECTRA-style (generator + discriminator) pretraining on DeepSpeed ZeRO-3, exported as Hugging Face checkpoints",
+    packages=find_packages(include=["gpt_ds", "gpt_ds.*"]),
+    python_requires=">=3.10",
+    # torch is pinned to a range that 2.13.0 satisfies, so an installed torch is never replaced by a download.
+    install_requires=[
+        "torch>=2.4,<2.14",
+        "deepspeed>=0.16,<0.20",
+        "transformers>=5.0,<6",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "PyYAML>=6.0",
+        "tqdm>=4.60",
+        "tensorboard>=2.15",
+        "protobuf>=4",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "triton>=3.0"],
+        "kernels": ["triton>=3.0"],
+    },
+    entry_points={"console_scripts": ["gpt-ds=gpt_ds.cli:main"]},
+)
