@@ -1,0 +1,1 @@
+"""The two towers (generator, discriminator), the MLM baseline, and the masking that feeds them."""

@@ -1,0 +1,58 @@
+"""The discriminator: an ELECTRA encoder + replaced-token-detection head over the non-padding tokens."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import ElectraConfig, ElectraForPreTraining
+
+from gpt_ds.kernels import discriminator_head
+
+
+class DiscriminatorOutput(NamedTuple):
+    loss: torch.Tensor  # mean BCE over this micro-batch's non-padding tokens
+    logits: torch.Tensor  # (T,) detached logits of those tokens
+    labels: torch.Tensor  # (T,) 1 = replaced
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False):
+        super().__init__()
+        self.pt = ElectraForPreTraining(config)
+        self.kernels = kernels
+        self.gdes = gdes
+        if gdes:
+            # Under GDES these tables hold only the delta E_delta, initialised to zero (DeBERTa-v3).
+            emb = self.pt.electra.embeddings
+            nn.init.zeros_(emb.word_embeddings.weight)
+            nn.init.zeros_(emb.position_embeddings.weight)
+
+    def register_zero3_external_parameters(self) -> None:
+        from deepspeed.zero import register_external_parameter
+        p = self.pt.discriminator_predictions
+        for w in (p.dense.weight, p.dense.bias, p.dense_prediction.weight, p.dense_prediction.bias):
+            register_external_parameter(self, w)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+               base_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gdes:
+            if base_embeds is None:
+                raise ValueError("GDES discriminator needs the generator's embeddings (base_embeds)")
+            # word: E_G + delta; position: P_G (in base) + the delta table HF adds itself.
+            inputs_embeds = base_embeds + self.pt.electra.embeddings.word_embeddings(input_ids)
+            return self.pt.electra(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   token_type_ids=token_type_ids).last_hidden_state
+        return self.pt.electra(input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                labels: torch.Tensor, base_embeds: torch.Tensor | None = None) -> DiscriminatorOutput:
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, base_embeds)
+        active = attention_mask.reshape(-1).bool()
+        h = hidden.reshape(-1, hidden.shape[-1])[active]
+        y = labels.reshape(-1)[active]
+        p = self.pt.discriminator_predictions
+        out = discriminator_head(h, p.dense.weight, p.dense.bias, p.dense_prediction.weight, p.dense_prediction.bias,
+                                 y, impl=self.kernels)
+        return DiscriminatorOutput(out.loss, out.logits, y)

@@ -1,0 +1,56 @@
+"""The generator: a small ELECTRA masked LM whose head runs at the masked positions only and samples replacements."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import ElectraConfig, ElectraForMaskedLM
+
+from gpt_ds.kernels import generator_head
+
+
+class GeneratorOutput(NamedTuple):
+    loss: torch.Tensor  # mean MLM cross-entropy over this micro-batch's masked positions
+    sampled: torch.Tensor  # (N,) replacement tokens
+    correct: torch.Tensor  # (N,) argmax == original
+    corrupted_ids: torch.Tensor  # (B, L) the discriminator's input: originals with the samples put in
+    base_embeds: torch.Tensor | None  # (B, L, E) detached word + position embeddings of corrupted_ids (GDES)
+
+
+class Generator(nn.Module):
+    def __init__(self, config: ElectraConfig, *, kernels: str = "auto", temperature: float = 1.0,
+                 disallow_correct: bool = False, share_embeddings: bool = False):
+        super().__init__()
+        self.mlm = ElectraForMaskedLM(config)
+        self.kernels = kernels
+        self.temperature = temperature
+        self.disallow_correct = disallow_correct
+        self.share_embeddings = share_embeddings
+
+    def register_zero3_external_parameters(self) -> None:
+        """The head reads the tied output weight and the bias without calling their module: ZeRO-3 must gather them."""
+        from deepspeed.zero import register_external_parameter
+        register_external_parameter(self, self.mlm.generator_lm_head.weight)
+        register_external_parameter(self, self.mlm.generator_lm_head.bias)
+
+    def forward(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+                positions: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, original_ids: torch.Tensor,
+                seed: int) -> GeneratorOutput:
+        hidden = self.mlm.electra(masked_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+        at_masked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        projected = self.mlm.generator_predictions(at_masked)
+        head = self.mlm.generator_lm_head
+        out = generator_head(projected, head.weight, head.bias, targets, temperature=self.temperature, seed=seed,
+                             row_ids=row_ids, disallow_correct=self.disallow_correct, impl=self.kernels)
+        corrupted = original_ids.clone()
+        corrupted.view(-1)[positions] = out.sampled
+        base = None
+        if self.share_embeddings:
+            # GDES: E_D = stop_grad(E_G) + E_delta. Computed here, where ZeRO-3 has E_G gathered.
+            emb = self.mlm.electra.embeddings
+            with torch.no_grad():
+                pos = torch.arange(corrupted.shape[1], device=corrupted.device)[None, :]
+                base = (emb.word_embeddings(corrupted) + emb.position_embeddings(pos)).detach()
+        return GeneratorOutput(out.loss, out.sampled, out.correct, corrupted, base)

@@ -1,0 +1,31 @@
+"""gpt_ds model sizes -> transformers ElectraConfig, so every tower is a stock ELECTRA module and exports as one."""
+from __future__ import annotations
+
+from transformers import ElectraConfig
+
+from gpt_ds.config import Config, generator_sizes
+
+
+def _electra_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,
+                    ffn: int) -> ElectraConfig:
+    m = cfg.model
+    return ElectraConfig(
+        vocab_size=vocab_size, embedding_size=m.embedding_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=ffn, hidden_act=m.activation,
+        hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
+        max_position_embeddings=m.max_position_embeddings, type_vocab_size=2, pad_token_id=pad_id,
+        initializer_range=0.02, layer_norm_eps=1e-12)
+
+
+def discriminator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig:
+    m = cfg.model
+    return _electra_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size)
+
+
+def generator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig:
+    """ELECTRA's small generator; the MLM baseline uses the discriminator's full size instead."""
+    if cfg.objective.kind == "mlm":
+        return discriminator_config(cfg, vocab_size, pad_id)
+    g = generator_sizes(cfg.model)
+    return _electra_config(cfg, vocab_size, pad_id, g["hidden_size"], g["num_layers"], g["num_heads"],
+                           g["intermediate_size"])

@@ -1,0 +1,74 @@
+"""Build the towers and wrap each in its own DeepSpeed engine (own ds_config: ZeRO stage, precision, optimizer).
+
+The generator and the discriminator exchange only detached tensors (sampled tokens, GDES base embeddings), so two
+engines that step together are exact: no gradient needs to cross between them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gpt_ds.config import BatchLayout, Config
+from gpt_ds.model.discriminator import Discriminator
+from gpt_ds.model.generator import Generator
+from gpt_ds.model.hf_config import discriminator_config, generator_config
+from gpt_ds.train.ds_config import resolve_ds_config, zero_stage
+from gpt_ds.train.schedule import make_scheduler
+
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+
+
+@dataclass
+class Engines:
+    generator: object  # deepspeed.DeepSpeedEngine wrapping Generator
+    discriminator: object | None  # None for the MLM baseline
+    ds_configs: dict
+
+
+def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int) -> tuple[Generator, Discriminator | None]:
+    """Same seed on every rank: ZeRO partitions identical initial weights."""
+    torch.manual_seed(seed)
+    gdes = cfg.objective.kind == "electra" and cfg.objective.embedding_sharing == "gdes"
+    gen = Generator(generator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels,
+                    temperature=cfg.objective.temperature, disallow_correct=cfg.objective.disallow_correct,
+                    share_embeddings=gdes)
+    disc = None
+    if cfg.objective.kind == "electra":
+        disc = Discriminator(discriminator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels, gdes=gdes)
+    return gen, disc
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _initialize(model: torch.nn.Module, ds: dict, cfg: Config):
+    import deepspeed
+    if zero_stage(ds) == 3:
+        model.register_zero3_external_parameters()
+    groups = param_groups(model, cfg.optim.weight_decay)
+    optimizer = None
+    if "optimizer" not in ds:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                      eps=cfg.optim.eps)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=groups, config=ds,
+        lr_scheduler=lambda opt: make_scheduler(opt, cfg.optim.warmup_steps, cfg.train.max_steps,
+                                                cfg.optim.min_lr_ratio))
+    return engine
+
+
+def build_engines(cfg: Config, layout: BatchLayout, vocab_size: int, pad_id: int) -> Engines:
+    gen, disc = build_models(cfg, vocab_size, pad_id, cfg.run.seed)
+    ds_gen = resolve_ds_config(cfg, "generator", layout, gen.mlm.config.hidden_size)
+    engines = Engines(generator=_initialize(gen, ds_gen, cfg), discriminator=None, ds_configs={"generator": ds_gen})
+    if disc is not None:
+        ds_disc = resolve_ds_config(cfg, "discriminator", layout)
+        engines.discriminator = _initialize(disc, ds_disc, cfg)
+        engines.ds_configs["discriminator"] = ds_disc
+    return engines

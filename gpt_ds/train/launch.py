@@ -1,0 +1,145 @@
+"""`gpt-ds pretrain CONFIG [key=value ...]`: checks everything it can before any process group, then trains.
+
+Under a launcher (srun, torchrun, deepspeed) each process is one rank. Started by hand, `--nproc N` spawns N local
+ranks (CPU: gloo; GPU: one per device) and forwards preemption signals to them.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from gpt_ds.config import Config, ConfigError, batch_layout, load_config
+from gpt_ds.errors import GptDsError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="preset name (tiny, electra-small, ...) or a YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.max_steps=100")
+    p.add_argument("--resume", default=None, help="auto (newest complete checkpoint), none, or a step folder; "
+                                                  "default: checkpoint.resume")
+    p.add_argument("--nproc", type=int, default=1, help="local ranks to spawn when not started by a launcher")
+
+
+def preflight(cfg: Config, world_size: int, resume: str) -> None:
+    """Every problem found before launch, listed at once."""
+    from pathlib import Path
+
+    from gpt_ds.train import checkpoint
+    from gpt_ds.train.ds_config import ENGINES, resolve_ds_config
+    problems = []
+    try:
+        layout = batch_layout(cfg, world_size)
+    except ConfigError as e:
+        problems.append(str(e))
+        layout = None
+    if layout is not None:
+        engines = ENGINES if cfg.objective.kind == "electra" else ("generator",)
+        for engine in engines:
+            try:
+                resolve_ds_config(cfg, engine, layout)
+            except ConfigError as e:
+                problems.append(str(e))
+    if not cfg.data.synthetic:
+        if not cfg.data.sources:
+            problems.append("data.sources is empty: give text files/folders or stores "
+                            "(data.sources='[path/to/corpus]'), or set data.synthetic=true")
+        for s in cfg.data.sources:
+            if not Path(s.path).exists():
+                problems.append(f"data.sources: '{s.path}' does not exist")
+    try:
+        step_dir = checkpoint.find_resume(cfg.run_dir / "checkpoints", resume)
+        if step_dir is not None:
+            from gpt_ds.train.trainer import check_resume_compatible
+            check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)
+    except GptDsError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("cannot start:\n  - " + "\n  - ".join(p.replace("\n", "\n    ") for p in problems))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_local(argv: list[str], nproc: int) -> int:
+    """Start nproc ranks of this same command; forward USR1/TERM/INT; stop the rest when one fails."""
+    port = _free_port()
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    procs = []
+    for rank in range(nproc):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
+                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        procs.append(subprocess.Popen([sys.executable, "-m", "gpt_ds.cli", "pretrain", *argv], env=env))
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes: dict[int, int] = {}
+        while len(codes) < nproc:
+            for i, p in enumerate(procs):
+                if i not in codes and p.poll() is not None:
+                    codes[i] = p.returncode
+                    if p.returncode not in (0,) and not _is_requeue(p.returncode):
+                        for q in procs:  # one rank failed: the others would wait forever in a collective
+                            if q.poll() is None:
+                                q.terminate()
+            time.sleep(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    bad = [c for c in codes.values() if c != 0 and not _is_requeue(c)]
+    if bad:
+        return bad[0]
+    return max(codes.values())
+
+
+def _is_requeue(code: int) -> bool:
+    from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE
+    return code == REQUEUE_EXIT_CODE
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    resume = args.resume or cfg.checkpoint.resume
+    from gpt_ds.dist.env import detect_env, export_env
+    env = detect_env()
+    if env.launcher == "single" and args.nproc > 1:
+        preflight(cfg, args.nproc, resume)
+        argv = [args.config, *args.overrides, "--resume", resume]
+        return spawn_local(argv, args.nproc)
+    preflight(cfg, env.world_size, resume)
+    export_env(env)
+    return train_rank(cfg, env, resume)
+
+
+def train_rank(cfg: Config, env, resume: str) -> int:
+    import torch
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    cpu = os.environ.get("DS_ACCELERATOR") == "cpu"
+    if not cpu:
+        torch.cuda.set_device(env.local_rank)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
+    from gpt_ds.train.trainer import Trainer
+    try:
+        trainer = Trainer(cfg, rank=env.rank, world_size=env.world_size, resume=resume)
+        code = trainer.train()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return code

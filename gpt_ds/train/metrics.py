@@ -1,0 +1,126 @@
+"""Step metrics: ELECTRA diagnostics summed over ranks, then written as JSONL + TensorBoard + a progress bar (rank 0).
+
+A run that logs only the summed loss cannot tell a discriminator that learned nothing (RTD loss at the entropy of the
+replaced share) from one that works, so the RTD loss, its prior, accuracy, precision, recall and AUC are logged apart.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+AUC_BINS = 512
+
+
+class StepStats:
+    """Sums over the micro-batches of one step on this rank; reduce() sums them over ranks."""
+
+    def __init__(self):
+        self.sums = torch.zeros(10, dtype=torch.float64)
+        self.pos_hist = torch.zeros(AUC_BINS, dtype=torch.float64)
+        self.neg_hist = torch.zeros(AUC_BINS, dtype=torch.float64)
+
+    def add_generator(self, loss_sum: float, n_masked: int, correct: int, replaced: int) -> None:
+        self.sums[0] += loss_sum
+        self.sums[1] += n_masked
+        self.sums[2] += correct
+        self.sums[3] += replaced
+
+    def add_discriminator(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        y = labels.bool()
+        pred = logits > 0
+        self.sums[4] += loss_sum
+        self.sums[5] += logits.numel()
+        self.sums[6] += (pred == y).sum().item()
+        self.sums[7] += (pred & y).sum().item()  # true positives
+        self.sums[8] += pred.sum().item()  # predicted replaced
+        self.sums[9] += y.sum().item()  # actually replaced
+        bins = (torch.sigmoid(logits.double()) * AUC_BINS).long().clamp(0, AUC_BINS - 1)
+        self.pos_hist += torch.bincount(bins[y], minlength=AUC_BINS).double()
+        self.neg_hist += torch.bincount(bins[~y], minlength=AUC_BINS).double()
+
+    def reduce(self) -> dict:
+        packed = torch.cat([self.sums, self.pos_hist, self.neg_hist])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(packed)
+        s, pos, neg = packed[:10], packed[10:10 + AUC_BINS], packed[10 + AUC_BINS:]
+        out = {}
+        if s[1] > 0:
+            out["gen_loss"] = s[0].item() / s[1].item()
+            out["gen_acc"] = s[2].item() / s[1].item()
+            out["replaced_share"] = s[3].item() / s[1].item()
+        if s[5] > 0:
+            out["disc_loss"] = s[4].item() / s[5].item()
+            out["disc_acc"] = s[6].item() / s[5].item()
+            out["disc_precision"] = s[7].item() / s[8].item() if s[8] > 0 else 0.0
+            out["disc_recall"] = s[7].item() / s[9].item() if s[9] > 0 else 0.0
+            p = s[9].item() / s[5].item()
+            # the RTD loss of a discriminator that only knows the replaced share
+            out["disc_loss_prior"] = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
+            out["disc_auc"] = histogram_auc(pos, neg)
+        return out
+
+
+def histogram_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """P(score of a replaced token > score of an original one), ties counted half."""
+    n_pos, n_neg = pos.sum().item(), neg.sum().item()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    below = torch.cumsum(neg, 0) - neg
+    return float(((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg)).item())
+
+
+class MetricsLogger:
+    """Rank 0 only writes; other ranks hold a no-op logger."""
+
+    def __init__(self, run_dir: Path, enabled: bool, *, tensorboard: bool, progress_bar: bool, total_steps: int,
+                 start_step: int):
+        self.enabled = enabled
+        self.file = None
+        self.tb = None
+        self.bar = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is a listed dependency; a trimmed install still trains
+                self.tb = None
+        if progress_bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
+                            mininterval=2.0)
+        self.t0 = time.time()
+
+    def log(self, step: int, record: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **record}
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
+                                 rtd=f"{record.get('disc_loss', float('nan')):.3f}",
+                                 tok_s=f"{record.get('tokens_per_s', 0):.0f}", refresh=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.file is not None:
+            self.file.close()

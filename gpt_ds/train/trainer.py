@@ -1,0 +1,204 @@
+"""The training loop: mask -> generator (sample) -> discriminator -> both engines step; checkpoints, logs, preemption.
+
+Losses are normalised by the GLOBAL number of masked (generator) and non-padding (discriminator) tokens of the step,
+counted with one small all_reduce before the micro-batches run. The gradient is then the gradient of the global
+token mean whatever the number of ranks or the micro-batch size, so a run resumed on another layout with the same
+global batch continues the same optimisation.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gpt_ds import __version__
+from gpt_ds.config import Config, batch_layout, config_fingerprint, dump_config
+from gpt_ds.data import open_dataset
+from gpt_ds.data.loader import StepLoader
+from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
+from gpt_ds.errors import GptDsError
+from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
+from gpt_ds.train import checkpoint
+from gpt_ds.train.engines import build_engines
+from gpt_ds.train.flops import measure_matmul_flops, step_flops
+from gpt_ds.train.metrics import MetricsLogger, StepStats
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, rank: int = 0, world_size: int = 1, resume: str | None = None):
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.layout = batch_layout(cfg, world_size)
+        self.dataset = open_dataset(cfg)
+        ds = self.dataset
+        self.vocab_size = cfg.model.vocab_size or ds.vocab_size
+        if self.vocab_size < ds.vocab_size:
+            raise GptDsError(f"model.vocab_size {self.vocab_size} is smaller than the tokenizer's {ds.vocab_size}; "
+                             f"set model.vocab_size=0 to take the tokenizer's")
+        self.special_ids = sorted({ds.pad_id, ds.cls_id, ds.sep_id, ds.mask_id, ds.unk_id})
+        self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id)
+        self.device = self.engines.generator.device
+        self.step = 0
+        resume_from = checkpoint.find_resume(self.ckpt_dir, resume if resume is not None else cfg.checkpoint.resume)
+        if resume_from is not None:
+            self._resume(resume_from)
+        if rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml")
+        self.flops = step_flops(cfg, self.vocab_size)
+        peak = cfg.logging.peak_tflops * 1e12 if cfg.logging.peak_tflops > 0 else 0.0
+        if peak == 0.0 and self.device.type == "cpu":
+            peak = measure_matmul_flops()  # this process's own matmul rate: MFU against what the CPU shows here
+        self.peak_flops = peak * world_size
+        self.preemption = PreemptionHandler()
+
+    # ------------------------------------------------------------------------------------------------ resume / save
+    def _state(self) -> dict:
+        ds = self.dataset
+        return {"step": self.step, "consumed_samples": self.step * self.layout.global_batch,
+                "world_size": self.world_size, "global_batch": self.layout.global_batch,
+                "micro_batch": self.layout.micro_batch, "grad_accum": self.layout.grad_accum,
+                "config": self.cfg.to_dict(), "config_fingerprint": config_fingerprint(self.cfg),
+                "tokenizer_fingerprint": ds.tokenizer_fingerprint, "tokenizer_dir": ds.tokenizer_dir,
+                "vocab_size": self.vocab_size, "pad_id": ds.pad_id, "mask_id": ds.mask_id, "gpt_ds_version": __version__}
+
+    def _resume(self, step_dir: Path) -> None:
+        saved = checkpoint.read_state(step_dir)
+        check_resume_compatible(saved, self.cfg, self.world_size, step_dir)
+        if saved["tokenizer_fingerprint"] != self.dataset.tokenizer_fingerprint:
+            raise GptDsError(f"checkpoint {step_dir} was trained with another tokenizer (fingerprint "
+                             f"{saved['tokenizer_fingerprint']} vs {self.dataset.tokenizer_fingerprint} now); resume "
+                             f"with the same data.tokenizer or start a new run (run.name=...)")
+        state = checkpoint.load(step_dir, self.engines, self.rank, self.world_size)
+        self.step = int(state["step"])
+        if self.rank == 0:
+            print(f"gpt_ds: resumed from {step_dir} at step {self.step}", file=sys.stderr, flush=True)
+
+    def save(self) -> Path:
+        return checkpoint.save(self.ckpt_dir, self.step, self.engines, self._state(), self.rank,
+                               self.cfg.checkpoint.keep_last)
+
+    # ---------------------------------------------------------------------------------------------------- one step
+    def _mask(self, batch: dict, sample_numbers: torch.Tensor):
+        o, ds = self.cfg.objective, self.dataset
+        return mask_batch(batch["input_ids"], batch["attention_mask"], sample_numbers, special_ids=self.special_ids,
+                          mask_id=ds.mask_id, vocab_size=ds.vocab_size, mask_prob=o.mask_prob,
+                          mask_token_frac=o.mask_token_frac, keep_frac=o.keep_frac, random_frac=o.random_frac,
+                          seed=self.cfg.run.seed)
+
+    def _sample_numbers(self, step: int, micro: int) -> torch.Tensor:
+        L = self.layout
+        start = step * L.global_batch + micro * L.micro_batch * L.world_size + self.rank * L.micro_batch
+        return torch.arange(start, start + L.micro_batch, dtype=torch.int64)
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        o, L = self.cfg.objective, self.layout
+        gen, disc = self.engines.generator, self.engines.discriminator
+        masked = [self._mask(b, self._sample_numbers(self.step, a)) for a, b in enumerate(micro_batches)]
+        counts = torch.tensor([sum(m.num_masked for m in masked),
+                               sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(counts)
+        total_masked, total_tokens = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
+        factor = L.world_size * L.grad_accum  # DeepSpeed divides by both; the global normalisation undoes it
+        stats = StepStats()
+        sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
+        for batch, mk in zip(micro_batches, masked):
+            dev = {k: v.to(self.device) for k, v in batch.items()}
+            g = gen(mk.masked_ids.to(self.device), dev["attention_mask"], dev["token_type_ids"],
+                    mk.positions.to(self.device), mk.targets.to(self.device), mk.row_ids.to(self.device),
+                    dev["input_ids"], sample_seed)
+            n = mk.num_masked
+            replaced = (g.sampled != mk.targets.to(self.device))
+            stats.add_generator(g.loss.item() * n, n, int(g.correct.sum()), int(replaced.sum()))
+            gen_weight = 1.0 if disc is None else o.gen_weight
+            if disc is not None:
+                labels = (g.corrupted_ids != dev["input_ids"]).long()
+                d = disc(g.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels, g.base_embeds)
+                t = d.logits.numel()
+                stats.add_discriminator(d.loss.item() * t, d.logits.float().cpu(), d.labels.cpu())
+            gen.backward(g.loss * (gen_weight * n / total_masked * factor))
+            if disc is not None:
+                disc.backward(d.loss * (o.disc_weight * t / total_tokens * factor))
+            gen.step()
+            if disc is not None:
+                disc.step()
+        out = stats.reduce()
+        loss = out.get("gen_loss", 0.0) * (1.0 if disc is None else o.gen_weight)
+        if disc is not None:
+            loss += o.disc_weight * out.get("disc_loss", 0.0)
+        out["loss"] = loss
+        out["lr"] = gen.get_lr()[0]
+        for name, eng in (("gen", gen), ("disc", disc)):
+            norm = eng.get_global_grad_norm() if eng is not None else None
+            if norm is not None:
+                out[f"{name}_grad_norm"] = float(norm)
+        return out
+
+    # ---------------------------------------------------------------------------------------------------- the loop
+    def train(self) -> int:
+        cfg, L = self.cfg, self.layout
+        loader = StepLoader(self.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
+                            grad_accum=L.grad_accum, world_size=L.world_size, rank=self.rank, start_step=self.step,
+                            prefetch=cfg.data.prefetch)
+        logger = MetricsLogger(self.run_dir, self.rank == 0, tensorboard=cfg.logging.tensorboard,
+                               progress_bar=cfg.logging.progress_bar, total_steps=cfg.train.max_steps,
+                               start_step=self.step)
+        self.preemption.install()
+        exit_code = 0
+        t_last, steps_since = time.perf_counter(), 0
+        try:
+            for self.step in range(self.step, cfg.train.max_steps):
+                record = self.train_step(loader.next_step())
+                self.step += 1
+                steps_since += 1
+                logger.advance()
+                if self.step % cfg.logging.every == 0 or self.step == cfg.train.max_steps:
+                    dt = (time.perf_counter() - t_last) / steps_since
+                    record["step_time_s"] = dt
+                    record["tokens_per_s"] = self.flops["tokens"] / dt
+                    record["tflops"] = self.flops["total"] / dt / 1e12
+                    if self.peak_flops > 0:
+                        record["mfu"] = self.flops["total"] / dt / self.peak_flops
+                    logger.log(self.step, record)
+                    t_last, steps_since = time.perf_counter(), 0
+                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.max_steps:
+                    self.save()
+                if self.step < cfg.train.max_steps and self.preemption.should_stop():
+                    if self.step % cfg.checkpoint.every != 0:
+                        self.save()
+                    if self.rank == 0:
+                        print(f"gpt_ds: preempted ({self.preemption.signal_name or 'signal on another rank'}); "
+                              f"checkpoint at step {self.step}, exiting with {REQUEUE_EXIT_CODE} for requeue",
+                              file=sys.stderr, flush=True)
+                    exit_code = REQUEUE_EXIT_CODE
+                    break
+        finally:
+            loader.close()
+            logger.close()
+            self.preemption.uninstall()
+        return exit_code
+
+
+def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir: Path) -> None:
+    """Refuse, with the differing keys named, a resume that cannot continue the same run."""
+    if saved.get("config_fingerprint") != config_fingerprint(cfg):
+        old, new = saved.get("config", {}), cfg.to_dict()
+        diffs = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}" for sec in ("model", "objective")
+                 for k, v in new[sec].items() if old.get(sec, {}).get(k) != v
+                 and k not in ("kernels", "hidden_dropout", "attention_dropout")]
+        raise GptDsError(f"checkpoint {step_dir} was saved with a different model config ({'; '.join(diffs) or 'see '}"
+                         f"); resume with the checkpoint's settings or start a new run (run.name=... or "
+                         f"checkpoint.resume=none)")
+    if saved.get("global_batch") != cfg.train.global_batch:
+        raise GptDsError(f"checkpoint {step_dir} used train.global_batch={saved.get('global_batch')}, the run now "
+                         f"asks {cfg.train.global_batch}: the sample order and schedule are defined per global batch; "
+                         f"keep train.global_batch={saved.get('global_batch')} (change micro_batch/grad_accum instead)")
+    if saved.get("world_size") != world_size:
+        raise GptDsError(f"checkpoint {step_dir} was saved on {saved.get('world_size')} ranks, this run has "
+                         f"{world_size}; resuming ZeRO optimizer state on another number of ranks is not supported yet")

@@ -1,0 +1,163 @@
+"""The towers and the masking against plain transformers computations on the same weights."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+from gpt_ds.config import load_config
+from gpt_ds.kernels.noise import gumbel_noise
+from gpt_ds.model.discriminator import Discriminator
+from gpt_ds.model.generator import Generator
+from gpt_ds.model.hf_config import discriminator_config, generator_config
+from gpt_ds.model.masking import mask_batch
+
+SPECIALS = dict(pad=0, unk=1, cls=2, sep=3, mask=4)
+V, L = 97, 24
+
+
+def tiny_cfg(**over):
+    ov = [f"{k}={v}" for k, v in over.items()]
+    return load_config("tiny", ["model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=64",
+                                "model.embedding_size=16", "model.num_layers=2", "model.hidden_dropout=0",
+                                "model.attention_dropout=0", "data.seq_len=24", *ov])
+
+
+def rows(b, seed=0, pad_tail=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (b, L), generator=g)
+    ids[:, 0], ids[:, -1 - pad_tail] = SPECIALS["cls"], SPECIALS["sep"]
+    att = torch.ones_like(ids)
+    if pad_tail:
+        ids[:, L - pad_tail:] = SPECIALS["pad"]
+        att[:, L - pad_tail:] = 0
+    return ids, att
+
+
+def do_mask(ids, att, numbers, **kw):
+    args = dict(special_ids=[0, 1, 2, 3, 4], mask_id=4, vocab_size=V, mask_prob=0.15, mask_token_frac=0.85,
+                keep_frac=0.15, random_frac=0.0, seed=7)
+    args.update(kw)
+    return mask_batch(ids, att, numbers, **args)
+
+
+def test_masking_counts_specials_and_split():
+    ids, att = rows(400, pad_tail=3)
+    mk = do_mask(ids, att, torch.arange(400))
+    n_maskable = L - 2 - 3
+    per_row = torch.bincount(mk.positions // L, minlength=400)
+    assert (per_row == int((0.15 + 0.005) * n_maskable)).all()
+    flat = ids.flatten()
+    assert not torch.isin(flat[mk.positions], torch.tensor([0, 1, 2, 3, 4])).any()
+    assert (att.flatten()[mk.positions] == 1).all()
+    became_mask = (mk.masked_ids.flatten()[mk.positions] == 4).float().mean().item()
+    assert abs(became_mask - 0.85) < 0.04
+    unchanged = mk.masked_ids.flatten() != 4
+    assert (mk.masked_ids.flatten()[unchanged] == flat[unchanged]).all()  # no random replacement at 0%
+    # positions spread evenly over the row
+    pos_in_row = (mk.positions % L).float()
+    assert abs(pos_in_row.mean().item() - (1 + 20) / 2) < 0.6
+
+
+def test_masking_random_split_and_rank_independence():
+    ids, att = rows(300, seed=1)
+    mk = do_mask(ids, att, torch.arange(1000, 1300), mask_token_frac=0.8, keep_frac=0.1, random_frac=0.1)
+    sel_new = mk.masked_ids.flatten()[mk.positions]
+    sel_old = ids.flatten()[mk.positions]
+    frac_mask = (sel_new == 4).float().mean().item()
+    frac_changed = ((sel_new != 4) & (sel_new != sel_old)).float().mean().item()
+    assert abs(frac_mask - 0.8) < 0.04 and abs(frac_changed - 0.1) < 0.04
+    assert not torch.isin(sel_new[sel_new != 4], torch.tensor([0, 1, 2, 3])).any()
+    # the same global sample gets the same mask whether it is batched alone or with others
+    one = do_mask(ids[5:6], att[5:6], torch.tensor([1005]), mask_token_frac=0.8, keep_frac=0.1, random_frac=0.1)
+    assert torch.equal(one.masked_ids[0], mk.masked_ids[5])
+    assert torch.equal(one.row_ids, mk.row_ids[(mk.positions // L) == 5])
+
+
+def _gen(cfg):
+    torch.manual_seed(0)
+    return Generator(generator_config(cfg, V, 0), kernels="reference").eval()
+
+
+def test_generator_loss_matches_transformers_and_samples_by_gumbel_max():
+    cfg = tiny_cfg()
+    gen = _gen(cfg)
+    ids, att = rows(6, pad_tail=2)
+    tt = torch.zeros_like(ids)
+    mk = do_mask(ids, att, torch.arange(6))
+    out = gen(mk.masked_ids, att, tt, mk.positions, mk.targets, mk.row_ids, ids, 99)
+    hf = ElectraForMaskedLM(gen.mlm.config).eval()
+    hf.load_state_dict(gen.mlm.state_dict())
+    labels = torch.full_like(ids, -100).flatten()
+    labels[mk.positions] = mk.targets
+    ref = hf(mk.masked_ids, attention_mask=att, token_type_ids=tt, labels=labels.view_as(ids))
+    assert torch.allclose(out.loss, ref.loss, atol=1e-6)
+    logits = ref.logits.reshape(-1, V)[mk.positions]
+    z = logits / cfg.objective.temperature + gumbel_noise(99, mk.row_ids, torch.arange(V))
+    assert torch.equal(out.sampled, z.argmax(-1))
+    assert torch.equal(out.correct, logits.argmax(-1) == mk.targets)
+    expect = ids.clone().flatten()
+    expect[mk.positions] = out.sampled
+    assert torch.equal(out.corrupted_ids.flatten(), expect)
+
+
+def test_gumbel_max_samples_follow_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
+    n = 40000
+    g = gumbel_noise(5, torch.arange(n), torch.arange(5))
+    for temp in (1.0, 2.0):
+        freq = torch.bincount((logits / temp + g).argmax(-1), minlength=5).double() / n
+        p = torch.softmax(logits.double() / temp, 0)
+        assert (freq - p).abs().max() < 4 * math.sqrt(0.25 / n) * 2
+
+
+def test_discriminator_loss_matches_transformers():
+    cfg = tiny_cfg(**{"objective.embedding_sharing": "none"})
+    torch.manual_seed(1)
+    disc = Discriminator(discriminator_config(cfg, V, 0), kernels="reference").eval()
+    ids, att = rows(5, pad_tail=4)
+    labels = (torch.rand(ids.shape) < 0.2).long()
+    tt = torch.zeros_like(ids)
+    out = disc(ids, att, tt, labels)
+    hf = ElectraForPreTraining(disc.pt.config).eval()
+    hf.load_state_dict(disc.pt.state_dict())
+    ref = hf(ids, attention_mask=att, token_type_ids=tt, labels=labels)
+    assert torch.allclose(out.loss, ref.loss, atol=1e-6)
+    assert torch.allclose(out.logits, ref.logits[att.bool()], atol=1e-5)
+
+
+def test_gdes_isolation_and_merged_export_equivalence():
+    cfg = tiny_cfg()
+    gen = _gen(cfg)
+    torch.manual_seed(2)
+    disc = Discriminator(discriminator_config(cfg, V, 0), kernels="reference", gdes=True).eval()
+    emb = disc.pt.electra.embeddings
+    assert emb.word_embeddings.weight.abs().sum() == 0 and emb.position_embeddings.weight.abs().sum() == 0
+    ids, att = rows(4, pad_tail=1)
+    tt = torch.zeros_like(ids)
+    mk = do_mask(ids, att, torch.arange(4))
+    gen.share_embeddings = True
+    g = gen(mk.masked_ids, att, tt, mk.positions, mk.targets, mk.row_ids, ids, 3)
+    labels = (g.corrupted_ids != ids).long()
+    d = disc(g.corrupted_ids, att, tt, labels, g.base_embeds)
+    gen.zero_grad()
+    d.loss.backward()
+    # the RTD loss reaches only the delta tables, never the generator
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in gen.parameters())
+    assert emb.word_embeddings.weight.grad.abs().sum() > 0
+    # a stock ElectraForPreTraining with E_G + delta merged gives the same logits
+    with torch.no_grad():
+        emb.word_embeddings.weight.add_(torch.randn_like(emb.word_embeddings.weight) * 0.01)
+        emb.position_embeddings.weight.add_(torch.randn_like(emb.position_embeddings.weight) * 0.01)
+        d2 = disc(g.corrupted_ids, att, tt, labels, g.base_embeds)
+    hf = ElectraForPreTraining(disc.pt.config).eval()
+    sd = disc.pt.state_dict()
+    ge = gen.mlm.electra.embeddings
+    sd["electra.embeddings.word_embeddings.weight"] = sd["electra.embeddings.word_embeddings.weight"] + ge.word_embeddings.weight
+    sd["electra.embeddings.position_embeddings.weight"] = (sd["electra.embeddings.position_embeddings.weight"]
+                                                           + ge.position_embeddings.weight)
+    hf.load_state_dict(sd)
+    with torch.no_grad():
+        ref = hf(g.corrupted_ids, attention_mask=att, token_type_ids=tt)
+    assert torch.allclose(d2.logits, ref.logits[att.bool()], atol=1e-5)
