@@ -103,6 +103,7 @@ class TrainConfig:
     micro_batch: int = 0  # per rank; 0: global_batch / (grad_accum * data-parallel ranks)
     grad_accum: int = 1
     max_steps: int = 1_000_000
+    stop_at: int = 0  # stop (with a checkpoint) once this step is done, keeping the max_steps schedule; 0: never
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 

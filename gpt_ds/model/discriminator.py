@@ -29,7 +29,7 @@ class Discriminator(nn.Module):
             nn.init.zeros_(emb.position_embeddings.weight)
 
     def register_zero3_external_parameters(self) -> None:
-        from deepspeed.zero import register_external_parameter
+        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
         p = self.pt.discriminator_predictions
         for w in (p.dense.weight, p.dense.bias, p.dense_prediction.weight, p.dense_prediction.bias):
             register_external_parameter(self, w)

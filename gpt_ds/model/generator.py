@@ -30,7 +30,7 @@ class Generator(nn.Module):
 
     def register_zero3_external_parameters(self) -> None:
         """The head reads the tied output weight and the bias without calling their module: ZeRO-3 must gather them."""
-        from deepspeed.zero import register_external_parameter
+        from deepspeed.runtime.zero.partition_parameters import register_external_parameter
         register_external_parameter(self, self.mlm.generator_lm_head.weight)
         register_external_parameter(self, self.mlm.generator_lm_head.bias)
 

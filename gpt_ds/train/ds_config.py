@@ -44,37 +44,47 @@ def load_ds_json(path: Path, key: str) -> dict:
     return data
 
 
-def _own(ds: dict, key: str, value, where: str, gpt_key: str) -> None:
-    """Fill a key gpt_ds owns; refuse a contradicting explicit value."""
+def _own(ds: dict, key: str, value, where: str, gpt_key: str, problems: list[str]) -> None:
+    """Fill a key gpt_ds owns; note a contradicting explicit value."""
     cur = ds.get(key, "auto")
     if cur != "auto" and cur != value and not (isinstance(cur, (int, float)) and isinstance(value, (int, float))
                                                and abs(cur - value) <= 1e-12 * max(1.0, abs(value))):
-        raise ConfigError(f"{where}: '{key}' = {cur!r} contradicts {gpt_key} = {value!r}; remove it from the "
-                          f"ds_config (gpt_ds fills it) or change {gpt_key}")
+        problems.append(f"{where}: '{key}' = {cur!r} contradicts {gpt_key} = {value!r}; remove it from the "
+                        f"ds_config (gpt_ds fills it) or change {gpt_key}")
     ds[key] = value
 
 
-def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None) -> dict:
-    """The dict handed to deepspeed.initialize for `engine` ("generator" or "discriminator")."""
-    assert engine in ENGINES
+def merged_ds_config(cfg: Config, engine: str) -> tuple[Path, dict]:
+    """The engine's ds_config file with cfg.deepspeed.overrides and <engine>_overrides merged in, nothing filled."""
     path = ds_config_path(cfg, engine)
-    where = f"deepspeed.{engine} ({path})"
     ds = load_ds_json(path, f"deepspeed.{engine}")
     ds = _merge(ds, cfg.deepspeed.overrides)
-    ds = _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
+    return path, _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
 
-    _own(ds, "train_batch_size", layout.global_batch, where, "train.global_batch")
-    _own(ds, "train_micro_batch_size_per_gpu", layout.micro_batch, where, "train.micro_batch (derived)")
-    _own(ds, "gradient_accumulation_steps", layout.grad_accum, where, "train.grad_accum")
-    _own(ds, "gradient_clipping", cfg.optim.grad_clip, where, "optim.grad_clip")
+
+def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None,
+                      problems: list[str] | None = None) -> dict:
+    """The dict handed to deepspeed.initialize for `engine` ("generator" or "discriminator").
+
+    Every contradiction is collected: raised together as one ConfigError, or appended to `problems` when given.
+    """
+    assert engine in ENGINES
+    found: list[str] = []
+    path, ds = merged_ds_config(cfg, engine)
+    where = f"deepspeed.{engine} ({path})"
+
+    _own(ds, "train_batch_size", layout.global_batch, where, "train.global_batch", found)
+    _own(ds, "train_micro_batch_size_per_gpu", layout.micro_batch, where, "train.micro_batch (derived)", found)
+    _own(ds, "gradient_accumulation_steps", layout.grad_accum, where, "train.grad_accum", found)
+    _own(ds, "gradient_clipping", cfg.optim.grad_clip, where, "optim.grad_clip", found)
 
     prec = cfg.train.precision
     for name in ("bf16", "fp16"):
         sec = ds.get(name)
         enabled = isinstance(sec, dict) and sec.get("enabled") not in (False, "false")
         if enabled and sec.get("enabled") != "auto" and name != prec:
-            raise ConfigError(f"{where}: '{name}.enabled' is on but train.precision = {prec!r}; set "
-                              f"train.precision={name} or remove the '{name}' section")
+            found.append(f"{where}: '{name}.enabled' is on but train.precision = {prec!r}; set "
+                         f"train.precision={name} or remove the '{name}' section")
     for name in ("bf16", "fp16"):
         if name == prec:
             ds[name] = _merge(ds.get(name) or {}, {"enabled": True})
@@ -82,21 +92,25 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
             ds[name] = _merge(ds[name], {"enabled": False})
 
     opt = ds.get("optimizer")
-    if opt is not None:
+    if isinstance(opt, dict):
         params = opt.setdefault("params", {})
         o = cfg.optim
         for key, value in (("lr", o.lr), ("betas", [o.beta1, o.beta2]), ("eps", o.eps),
                            ("weight_decay", o.weight_decay)):
             cur = params.get(key, "auto")
-            if cur != "auto" and cur != value and not (key == "betas" and list(cur) == value):
-                raise ConfigError(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim."
-                                  f"{'beta1/beta2' if key == 'betas' else key} = {value!r}; remove it or use \"auto\"")
+            if cur != "auto" and cur != value and not (key == "betas" and isinstance(cur, (list, tuple))
+                                                       and list(cur) == value):
+                found.append(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim."
+                             f"{'beta1/beta2' if key == 'betas' else key} = {value!r}; remove it or use \"auto\"")
             params[key] = value
     if "scheduler" in ds:
-        raise ConfigError(f"{where}: has a 'scheduler' section; gpt_ds owns the schedule (optim.warmup_steps, "
-                          f"train.max_steps): remove it")
+        found.append(f"{where}: has a 'scheduler' section; gpt_ds owns the schedule (optim.warmup_steps, "
+                     f"train.max_steps): remove it")
 
     zero = ds.setdefault("zero_optimization", {})
+    if not isinstance(zero, dict):
+        found.append(f"{where}: 'zero_optimization' must be a JSON object, got {zero!r}")
+        zero = ds["zero_optimization"] = {}
     h = hidden_size or cfg.model.hidden_size
     # Scaled from the hidden size as transformers' DeepSpeed integration does for "auto".
     for key, value in (("reduce_bucket_size", h * h), ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
@@ -105,7 +119,11 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
             zero[key] = value
     leftover = [k for k, v in _walk(ds) if v == "auto"]
     if leftover:
-        raise ConfigError(f"{where}: no gpt_ds value for \"auto\" at {', '.join(leftover)}; set a number")
+        found.append(f"{where}: no gpt_ds value for \"auto\" at {', '.join(leftover)}; set a number")
+    if found and problems is None:
+        raise ConfigError("\n  - ".join(["ds_config problems:", *found]))
+    if problems is not None:
+        problems.extend(found)
     return ds
 
 

@@ -129,6 +129,8 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     import torch
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
+    import warnings
+    warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*")  # DeepSpeed's call into torch 2.13
     import deepspeed
     deepspeed.utils.logger.setLevel(logging.WARNING)
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu"

@@ -169,6 +169,10 @@ class Trainer:
                     t_last, steps_since = time.perf_counter(), 0
                 if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.max_steps:
                     self.save()
+                if self.step == cfg.train.stop_at:
+                    if self.step % cfg.checkpoint.every != 0:
+                        self.save()
+                    break
                 if self.step < cfg.train.max_steps and self.preemption.should_stop():
                     if self.step % cfg.checkpoint.every != 0:
                         self.save()

@@ -1,0 +1,190 @@
+"""`gpt-ds export RUN_DIR --out DIR`: a checkpoint -> stock Hugging Face ELECTRA folders (safetensors + tokenizer).
+
+Runs offline on one CPU process: every rank's ZeRO partitions are merged from the files (DeepSpeed's zero_to_fp32 for
+stages 1-3, the module file for stage 0), the tied output embedding is re-tied, and the GDES delta is merged into the
+discriminator's tables (E_G + E_delta), so `AutoModelForPreTraining` / `AutoModelForMaskedLM` / `pipeline` load the
+result with no gpt_ds code. Written to DIR.tmp, then renamed.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from gpt_ds.config import Config, config_from_dict
+from gpt_ds.errors import GptDsError
+from gpt_ds.model.hf_config import discriminator_config, generator_config
+from gpt_ds.train import checkpoint
+
+TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="the run folder (holds checkpoints/) or a checkpoints/step_XXXXXXX folder")
+    p.add_argument("--out", required=True, help="output folder; gets discriminator/ and generator/")
+    p.add_argument("--step", type=int, default=None, help="export this step (default: the newest complete one)")
+    p.add_argument("--verify", action="store_true", help="reload the export and compare with gpt_ds's outputs")
+
+
+def find_step_dir(run_dir: Path, step: int | None) -> Path:
+    if (run_dir / checkpoint.STATE_FILE).is_file():
+        return run_dir
+    ckpt = run_dir / "checkpoints"
+    if step is not None:
+        p = ckpt / checkpoint.step_dir_name(step)
+        if not (p / checkpoint.STATE_FILE).is_file():
+            have = [s for s, _ in checkpoint.complete_steps(ckpt)]
+            raise GptDsError(f"{p}: no complete checkpoint for step {step}; complete steps: {have}")
+        return p
+    found = checkpoint.find_resume(ckpt, "auto")
+    if found is None:
+        raise GptDsError(f"{run_dir}: no complete checkpoint under {ckpt}; train first or pass the run folder")
+    return found
+
+
+def engine_state_dict(step_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights of one engine, merged over every rank's partition."""
+    folder = step_dir / tag
+    if not folder.is_dir():
+        raise GptDsError(f"{folder}: missing; the checkpoint is incomplete")
+    if glob.glob(str(folder / "*optim_states.pt")) and glob.glob(str(folder / "zero_pp_rank_*")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=tag)
+    else:
+        files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise GptDsError(f"{folder}: no DeepSpeed model states found")
+        # our own checkpoint, written by DeepSpeed with pickled metadata (not just tensors)
+        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in sd.items()}
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _load_into(model: torch.nn.Module, sd: dict, what: str) -> None:
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in TIED]
+    if missing or unexpected:
+        raise GptDsError(f"{what}: checkpoint does not fit the config (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]})")
+
+
+def load_engine_weights(cfg: Config, step_dir: Path) -> dict[str, dict]:
+    out = {"generator": engine_state_dict(step_dir, "generator")}
+    if cfg.objective.kind == "electra":
+        out["discriminator"] = engine_state_dict(step_dir, "discriminator")
+    return out
+
+
+def build_hf_models(cfg: Config, state: dict, weights: dict[str, dict]):
+    """Stock transformers models; GDES merged."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    vocab, pad = state["vocab_size"], state["pad_id"]
+    gen_sd = _strip(weights["generator"], "mlm.")
+    gen = ElectraForMaskedLM(generator_config(cfg, vocab, pad))
+    _load_into(gen, gen_sd, "generator")
+    gen.tie_weights()
+    disc = None
+    if cfg.objective.kind == "electra":
+        disc_sd = _strip(weights["discriminator"], "pt.")
+        if cfg.objective.embedding_sharing == "gdes":
+            for name in ("electra.embeddings.word_embeddings.weight", "electra.embeddings.position_embeddings.weight"):
+                disc_sd[name] = disc_sd[name] + gen_sd[name]
+        disc = ElectraForPreTraining(discriminator_config(cfg, vocab, pad))
+        _load_into(disc, disc_sd, "discriminator")
+    return gen.eval(), disc.eval() if disc is not None else None
+
+
+def framework_towers(cfg: Config, state: dict, weights: dict[str, dict]):
+    """gpt_ds's own Generator / Discriminator modules (delta tables unmerged), as the trainer ran them."""
+    from gpt_ds.train.engines import build_models
+    gen, disc = build_models(cfg, state["vocab_size"], state["pad_id"], seed=0)
+    _load_into(gen, {k: v for k, v in weights["generator"].items()}, "generator")
+    gen.mlm.tie_weights()
+    if disc is not None:
+        _load_into(disc, weights["discriminator"], "discriminator")
+    return gen.eval(), disc.eval() if disc is not None else None
+
+
+def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = False) -> dict:
+    step_dir = find_step_dir(Path(run_dir), step)
+    state = checkpoint.read_state(step_dir)
+    cfg = config_from_dict(state["config"])
+    weights = load_engine_weights(cfg, step_dir)
+    gen, disc = build_hf_models(cfg, state, weights)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tok = None
+    if state.get("tokenizer_dir"):
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(state["tokenizer_dir"])
+    # the MLM baseline's encoder is the one to fine-tune: it goes out as the generator (ElectraForMaskedLM)
+    for name, model in (("generator", gen), ("discriminator", disc)):
+        if model is None:
+            continue
+        model.save_pretrained(tmp / name, safe_serialization=True)
+        if tok is not None:
+            tok.save_pretrained(tmp / name)
+    info = {"step": state["step"], "source": str(step_dir), "objective": cfg.objective.kind,
+            "embedding_sharing": cfg.objective.embedding_sharing, "tokenizer": bool(tok)}
+    (tmp / "gpt_ds_export.json").write_text(json.dumps(info, indent=1))
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    if verify:
+        info["verify_max_abs_diff"] = verify_export(out, cfg, state, weights)
+    return info
+
+
+def verify_export(out: Path, cfg: Config, state: dict, weights: dict[str, dict]) -> float:
+    """Reload with plain transformers and compare with gpt_ds's own towers on the same checkpoint weights."""
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    gen_ours, disc_ours = framework_towers(cfg, state, weights)
+    vocab, length = state["vocab_size"], min(cfg.data.seq_len, 64)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (3, length), generator=g)
+    att = torch.ones_like(ids)
+    att[1, length // 2:] = 0
+    ids[att == 0] = state["pad_id"]
+    tt = torch.zeros_like(ids)
+    worst = 0.0
+    with torch.no_grad():
+        hf_gen = AutoModelForMaskedLM.from_pretrained(out / "generator").eval()
+        ours = gen_ours.mlm(ids, attention_mask=att, token_type_ids=tt).logits
+        theirs = hf_gen(ids, attention_mask=att, token_type_ids=tt).logits
+        worst = max(worst, (ours - theirs)[att.bool()].abs().max().item())
+        if disc_ours is not None:
+            hf_disc = AutoModelForPreTraining.from_pretrained(out / "discriminator").eval()
+            base = None
+            if disc_ours.gdes:
+                emb = gen_ours.mlm.electra.embeddings
+                base = emb.word_embeddings(ids) + emb.position_embeddings(torch.arange(length)[None, :])
+            ours = disc_ours.pt.discriminator_predictions(disc_ours.encode(ids, att, tt, base))
+            theirs = hf_disc(ids, attention_mask=att, token_type_ids=tt).logits
+            worst = max(worst, (ours - theirs)[att.bool()].abs().max().item())
+    if worst > 1e-5:
+        raise GptDsError(f"export {out}: reloaded models differ from gpt_ds's by {worst:.3g} (> 1e-5)")
+    return worst
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    info = export(args.run_dir, args.out, args.step, args.verify)
+    print(json.dumps(info))
+    return 0
