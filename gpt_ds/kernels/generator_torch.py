@@ -1,0 +1,149 @@
+"""The generator head in chunked PyTorch: linear + cross-entropy + Gumbel-max sampling with no N x V tensor.
+
+Forward: for each (row block x vocabulary chunk) tile, compute the fp32 logits, fold them into per-row running
+statistics (online log-sum-exp, first-occurrence argmax for accuracy, Gumbel-max for the sample, target logit) and drop
+them. Backward: recompute each tile's logits, turn them into d(loss)/d(logits) = (softmax - onehot) * scale in place,
+and accumulate the three gradients in fp32 buffers. Extra memory: a few tiles plus the fp32 gradient buffers.
+Ties resolve to the lowest vocabulary id, as torch.argmax does, so samples match the full-logits reference.
+"""
+from __future__ import annotations
+
+import torch
+
+from gpt_ds.kernels.noise import GUMBEL_MAX, gumbel_i32
+
+TILE_ROWS = 1024  # rows per block
+TILE_ELEMS = 1 << 20  # elements per (rows x vocab) tile: 4 MiB of fp32 logits
+
+
+def _tile_cols(rows: int, vocab: int) -> int:
+    return max(128, min(vocab, TILE_ELEMS // max(rows, 1)))
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def _logits(h32, weight, bias, c0, c1):
+    w = _f32(weight[c0:c1])
+    if bias is None:
+        return h32 @ w.t()
+    return torch.addmm(_f32(bias[c0:c1]), h32, w.t())
+
+
+def _sample_update(z_best, z_idx, l, keys, c0, temperature, banned):
+    """Gumbel-max over one tile, updating rows whose tile winner beats their running best (strictly)."""
+    rows, cols = l.shape
+    lmax = l.amax(dim=1)
+    zt_max = lmax if temperature == 1.0 else lmax / temperature
+    need = (zt_max + GUMBEL_MAX) >= z_best  # rows this tile can still win; the others skip the noise
+    n_need = int(need.sum())
+    if n_need == 0:
+        return
+    sel = None if n_need > rows // 2 else need.nonzero().squeeze(1)
+    if sel is not None:
+        l, keys, banned = l.index_select(0, sel), keys.index_select(0, sel), banned.index_select(0, sel)
+    z = gumbel_i32(keys, c0, cols)
+    z.add_(l if temperature == 1.0 else l / temperature)
+    if banned is not None:
+        b = banned - c0
+        inside = (b >= 0) & (b < cols)
+        bc = b.clamp(0, cols - 1)[:, None]
+        z.scatter_(1, bc, torch.where(inside[:, None], float("-inf"), z.gather(1, bc)))
+    zmax, zarg = z.max(dim=1)
+    if sel is None:
+        upd = zmax > z_best
+        z_best.copy_(torch.where(upd, zmax, z_best))
+        z_idx.copy_(torch.where(upd, zarg + c0, z_idx))
+    else:
+        upd = zmax > z_best[sel]
+        z_best[sel] = torch.where(upd, zmax, z_best[sel])
+        z_idx[sel] = torch.where(upd, zarg + c0, z_idx[sel])
+
+
+def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow_correct, ignore_index):
+    """-> (nll per row (fp32, 0 on ignored rows), stats, sampled, correct).
+
+    stats (2, N) holds each row's logit max m and log(sum exp(logit - m)) apart: nll = (m - target logit) + log-sum
+    stays exact when all logits share a large offset (m + log-sum alone would round to the offset's ulp).
+    """
+    n = hidden.shape[0]
+    vocab = weight.shape[0]
+    dev = hidden.device
+    valid = targets != ignore_index
+    banned = torch.where(valid, targets, torch.zeros_like(targets)) if disallow_correct else None
+    stats = torch.empty(2, n, dtype=torch.float32, device=dev)
+    tgt_logit = torch.zeros(n, dtype=torch.float32, device=dev)
+    amax = torch.empty(n, dtype=torch.int64, device=dev)
+    sampled = torch.empty(n, dtype=torch.int64, device=dev)
+    for r0 in range(0, n, TILE_ROWS):
+        r1 = min(n, r0 + TILE_ROWS)
+        h32 = _f32(hidden[r0:r1])
+        rows = r1 - r0
+        tg = targets[r0:r1]
+        m = torch.full((rows,), float("-inf"), device=dev)
+        s = torch.zeros(rows, device=dev)
+        a_val = torch.full((rows,), float("-inf"), device=dev)
+        a_idx = torch.zeros(rows, dtype=torch.int64, device=dev)
+        z_best = torch.full((rows,), float("-inf"), device=dev)
+        z_idx = torch.zeros(rows, dtype=torch.int64, device=dev)
+        cols = _tile_cols(rows, vocab)
+        for c0 in range(0, vocab, cols):
+            c1 = min(vocab, c0 + cols)
+            l = _logits(h32, weight, bias, c0, c1)
+            tmax, targ = l.max(dim=1)
+            upd = tmax > a_val
+            a_val = torch.where(upd, tmax, a_val)
+            a_idx = torch.where(upd, targ + c0, a_idx)
+            t = tg - c0
+            hit = (t >= 0) & (t < c1 - c0)
+            tgt_logit[r0:r1] += torch.where(hit, l.gather(1, t.clamp(0, c1 - c0 - 1)[:, None]).squeeze(1), 0.0)
+            _sample_update(z_best, z_idx, l, keys[r0:r1], c0, temperature,
+                           None if banned is None else banned[r0:r1])
+            m_new = torch.maximum(m, tmax)
+            s = s * torch.exp(m - m_new) + l.sub_(m_new[:, None]).exp_().sum(dim=1)
+            m = m_new
+        stats[0, r0:r1] = m
+        stats[1, r0:r1] = torch.log(s)
+        amax[r0:r1] = a_idx
+        sampled[r0:r1] = z_idx
+    nll = torch.where(valid, (stats[0] - tgt_logit) + stats[1], 0.0)
+    correct = (amax == targets) & valid
+    return nll, stats, sampled, correct
+
+
+def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index):
+    """-> (grad hidden, grad weight, grad bias or None), accumulated in fp32, cast to the inputs' dtypes."""
+    n, e = hidden.shape
+    vocab = weight.shape[0]
+    dev = hidden.device
+    valid = targets != ignore_index
+    n_valid = int(valid.sum())
+    g_h = torch.zeros(n, e, dtype=torch.float32, device=dev)
+    g_w = torch.zeros(vocab, e, dtype=torch.float32, device=dev)
+    g_b = torch.zeros(vocab, dtype=torch.float32, device=dev) if bias is not None else None
+    if n_valid > 0:
+        scale = torch.where(valid, grad_loss.float() / n_valid, 0.0)
+        for r0 in range(0, n, TILE_ROWS):
+            r1 = min(n, r0 + TILE_ROWS)
+            rv = valid[r0:r1]
+            if not bool(rv.any()):
+                continue
+            h32 = _f32(hidden[r0:r1])
+            sc = scale[r0:r1]
+            tg = targets[r0:r1]
+            cols = _tile_cols(r1 - r0, vocab)
+            for c0 in range(0, vocab, cols):
+                c1 = min(vocab, c0 + cols)
+                p = _logits(h32, weight, bias, c0, c1)
+                p.sub_(stats[0, r0:r1, None]).sub_(stats[1, r0:r1, None]).exp_().mul_(sc[:, None])
+                t = tg - c0
+                hit = rv & (t >= 0) & (t < c1 - c0)
+                tc = t.clamp(0, c1 - c0 - 1)[:, None]
+                p.scatter_(1, tc, p.gather(1, tc) - torch.where(hit, sc, 0.0)[:, None])
+                g_h[r0:r1].addmm_(p, _f32(weight[c0:c1]))
+                g_w[c0:c1].addmm_(p.t(), h32)
+                if g_b is not None:
+                    g_b[c0:c1] += p.sum(dim=0)
+    return (g_h.to(hidden.dtype), g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype))
+
