@@ -47,8 +47,9 @@ class PreemptionHandler:
         self.uninstall()
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self._received is None:
-            self._received, self._received_at = signum, time.monotonic()
+        if self._received is not None:
+            return  # the batch script re-sends USR1 until the step ends; say it once
+        self._received, self._received_at = signum, time.monotonic()
         # stderr is unbuffered; a short line here helps when reading a job log after the fact
         print(f"gpt_ds: received {signal.Signals(signum).name}; stopping at the next step boundary", file=sys.stderr,
               flush=True)
