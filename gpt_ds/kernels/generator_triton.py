@@ -127,7 +127,7 @@ def _gen_bwd_h_kernel(H, W, B, TGT, STATS, SCALE, GH, N, V, E, stride_h, stride_
     es = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = es < E
     tgt = tl.load(TGT + rows, mask=rmask, other=0)
-    m = tl.load(STATS + rows, mask=rmask, other=0.0)
+    m = tl.load(STATS + rows, mask=rmask, other=float("inf"))  # padding rows: p = 0, no inf * 0
     logs = tl.load(STATS + N + rows, mask=rmask, other=0.0)
     sc = tl.load(SCALE + rows, mask=rmask, other=0.0)
     acc = tl.zeros((BLOCK_N, BLOCK_E), tl.float32)
@@ -163,7 +163,7 @@ def _gen_bwd_w_kernel(H, W, B, TGT, STATS, SCALE, GW, GB, N, V, E, stride_h, str
         sc = tl.load(SCALE + rows, mask=rmask, other=0.0)
         if tl.max(tl.abs(sc), axis=0) > 0:
             tgt = tl.load(TGT + rows, mask=rmask, other=0)
-            m = tl.load(STATS + rows, mask=rmask, other=0.0)
+            m = tl.load(STATS + rows, mask=rmask, other=float("inf"))  # padding rows: p = 0, no inf * 0
             logs = tl.load(STATS + N + rows, mask=rmask, other=0.0)
             logits = _logits_tile(H, W, B, rows, cols, rmask, cmask, E, stride_h, stride_w,
                                   HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_K, DOT_PREC)
