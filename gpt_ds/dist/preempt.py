@@ -50,6 +50,11 @@ class PreemptionHandler:
         if self._received is not None:
             return  # the batch script re-sends USR1 until the step ends; say it once
         self._received, self._received_at = signum, time.monotonic()
+        if frame is not None and signal.SIGUSR1 in self._previous:
+            # The flag is sticky, so later USR1s carry nothing new; ignoring them keeps one that slurm/pretrain.sh
+            # re-sends while Python shuts down (when CPython puts back the default action: terminate) from
+            # turning exit code 75 into 138. TERM keeps its handler: a second TERM still means "die".
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         # stderr is unbuffered; a short line here helps when reading a job log after the fact
         print(f"gpt_ds: received {signal.Signals(signum).name}; stopping at the next step boundary", file=sys.stderr,
               flush=True)
