@@ -83,6 +83,8 @@ class DataConfig:
     synthetic_samples: int = 4096
     num_workers: int = 0
     prefetch: int = 2
+    # rows as two segments [CLS] A [SEP] B [SEP] (token_type_ids 0 / 1) instead of [CLS] doc [SEP] doc [SEP] ...
+    two_segments: bool = False
 
 
 @dataclass
