@@ -1,0 +1,231 @@
+"""`gpt-ds prepare --input PATHS... --tokenizer DIR --out STORE`: corpus -> sharded token store (see store.py).
+
+Streaming: the main process reads documents in parts, worker processes tokenize batches of parts, and the main
+process writes results in input order into shards, with a bounded number of batches in flight, so memory stays flat as
+the corpus grows and the store is the same whatever the number of workers. Shards close at the first document end
+past --shard-size. Work happens in STORE.partial; after each shard, progress.json records where the next shard
+starts, so a re-run resumes there (finished shards are kept); at the end the folder is renamed to STORE. The same
+inputs give a byte-identical store (no timestamps; document order is the sorted input order).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gpt_ds.data.readers import ReadStats, expand_inputs, iter_parts
+from gpt_ds.data.shards import ShardWriter
+from gpt_ds.data.store import FORMAT, VERSION, read_manifest
+from gpt_ds.errors import GptDsError
+
+BATCH_CHARS = 1 << 18  # characters per tokenization batch
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*", str(text), re.I)
+    if not m:
+        raise GptDsError(f"--shard-size '{text}' is not a size; use e.g. 256MB, 1GB or 65536")
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return max(1, int(float(m.group(1)) * scale))
+
+
+_ENCODER = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _ENCODER
+    from gpt_ds.data.encode import Encoder
+    _ENCODER = Encoder(tokenizer_dir)
+
+
+def _encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    arrays = _ENCODER.encode(texts)
+    lengths = np.asarray([len(a) for a in arrays], dtype=np.int64)
+    return (np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)), lengths
+
+
+def _batches(inputs, start: tuple[int, int], text_field: str, txt_mode: str):
+    """(input index, parts, input finished, reader stats) in input order, from the resume point `start`."""
+    for i in range(start[0], len(inputs)):
+        stats = ReadStats()
+        parts, chars = [], 0
+        for part in iter_parts(inputs[i], stats, text_field=text_field, txt_mode=txt_mode,
+                               skip_docs=start[1] if i == start[0] else 0):
+            parts.append(part)
+            chars += len(part[0])
+            if chars >= BATCH_CHARS:
+                yield i, parts, False, stats
+                parts, chars = [], 0
+        yield i, parts, True, stats
+
+
+def settings_key(inputs: list[dict], fingerprint: str, settings: dict) -> str:
+    blob = json.dumps({"inputs": inputs, "tokenizer": fingerprint, "settings": settings, "version": VERSION},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _input_entry(inp) -> dict:
+    p = inp.path
+    size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    return {"path": str(p), "format": inp.fmt, "bytes": size}
+
+
+def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", text_field: str = "text",
+            txt_mode: str = "blank-line", seq_lens=(128, 512), two_segments: bool = False,
+            quiet: bool = False) -> dict:
+    """Build (or finish, or find up to date) the store at `out`; returns its manifest."""
+    from gpt_ds.data.samples import build_index
+    from gpt_ds.data.tokenizer import (load_tokenizer, sentence_end_table, special_ids, tokenizer_fingerprint,
+                                       vocab_size_of)
+
+    tok = load_tokenizer(tokenizer)
+    fp, vocab = tokenizer_fingerprint(tok), vocab_size_of(tok)
+    dtype = "uint16" if vocab <= 1 << 16 else "uint32"
+    items = expand_inputs(list(inputs))
+    entries = [_input_entry(inp) for inp in items]
+    settings = {"text_field": text_field, "txt_mode": txt_mode, "shard_bytes": parse_size(shard_size),
+                "dtype": dtype}
+    key = settings_key(entries, fp, settings)
+    out = Path(out)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+
+    if (out / "manifest.json").is_file():
+        m = read_manifest(out)
+        if m.get("settings_key") != key:
+            raise GptDsError(f"{out} already holds a store made from other inputs, tokenizer or settings; choose "
+                             f"another --out or delete {out}")
+        say(f"prepare: {out} is complete and up to date; nothing to tokenize")
+        for L in seq_lens:
+            build_index(out, L, two_segments, workers=workers)
+        return m
+    if out.exists() and any(out.iterdir()):
+        raise GptDsError(f"--out {out} exists and is not a token store; choose another --out")
+
+    work = Path(str(out) + ".partial")
+    progress = _load_progress(work, key, say)
+    if not (work / "tokenizer" / "tokenizer.json").is_file():  # workers and training read this copy
+        shutil.copytree(tokenizer, work / "tokenizer", dirs_exist_ok=True)
+        if not (work / "tokenizer" / "tokenizer.json").is_file():  # e.g. a vocab.txt-only BERT folder
+            tok.save_pretrained(str(work / "tokenizer"))
+    tokenizer = work / "tokenizer"
+    writer = ShardWriter(work, dtype, settings["shard_bytes"], progress)
+    start = tuple(progress["resume"])
+    if progress["shards"]:
+        say(f"prepare: resuming after {len(progress['shards'])} finished shards (input {start[0]}, document "
+            f"{start[1]})")
+
+    t0, docs0 = time.perf_counter(), writer.documents
+    bar = None if quiet else _progress_bar()
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(str(tokenizer),))
+    else:
+        _init_worker(str(tokenizer))
+    inflight = collections.deque()
+    try:
+        for i, parts, done, stats in _batches(items, start, text_field, txt_mode):
+            texts = [t for t, _ in parts]
+            job = pool.apply_async(_encode, (texts,)) if pool else None
+            inflight.append((i, parts, done, stats, job if pool else _encode(texts)))
+            while inflight and (len(inflight) > 2 * max(1, workers) or not pool):
+                _write(writer, entries, inflight.popleft(), bar, t0, docs0)
+        while inflight:
+            _write(writer, entries, inflight.popleft(), bar, t0, docs0)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        if bar is not None:
+            bar.close()
+    writer.finish()
+
+    ends = sentence_end_table(tok)
+    manifest = {
+        "format": FORMAT, "version": VERSION, "settings_key": key, "dtype": dtype, "vocab_size": vocab,
+        "tokenizer": {"fingerprint": fp, "specials": special_ids(tok),
+                      "sentence_end_ids": np.flatnonzero(ends).tolist()},
+        "settings": settings, "sources": writer.sources,
+        "totals": {"documents": writer.documents, "tokens": writer.tokens, "shards": len(writer.shards),
+                   "bytes": writer.tokens * np.dtype(dtype).itemsize},
+        "skipped": writer.skipped(), "shards": writer.shards}
+    tmp = work / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    tmp.replace(work / "manifest.json")
+    for L in seq_lens:
+        build_index(work, L, two_segments, workers=workers)
+    (work / "progress.json").unlink(missing_ok=True)
+    work.rename(out)
+    summary = {"store": str(out), **manifest["totals"], "skipped": manifest["skipped"],
+               "seconds": round(time.perf_counter() - t0, 2)}
+    say("prepare: " + json.dumps(summary))
+    return manifest
+
+
+def _write(writer, entries, item, bar, t0, docs0) -> None:
+    i, parts, done, stats, result = item
+    stream, lengths = result.get() if hasattr(result, "get") else result
+    writer.add(i, parts, stream, lengths)
+    if done:
+        writer.end_input(i, entries[i], stats)
+    if bar is not None:
+        dt = max(1e-9, time.perf_counter() - t0)
+        bar.n = writer.documents
+        bar.set_postfix_str(f"docs/s={(writer.documents - docs0) / dt:,.0f} tokens/s={writer.new_tokens / dt:,.0f}",
+                            refresh=False)
+        bar.refresh()
+
+
+def _progress_bar():
+    from tqdm import tqdm
+    return tqdm(unit=" docs", file=sys.stderr, mininterval=1.0, dynamic_ncols=True, desc="prepare")
+
+
+def _load_progress(work: Path, key: str, say) -> dict:
+    fresh = {"settings_key": key, "shards": [], "resume": [0, 0], "sources": [], "current": {}}
+    path = work / "progress.json"
+    if path.is_file():
+        try:
+            progress = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            progress = {}
+        if progress.get("settings_key") == key:
+            return progress
+        say(f"prepare: {work} was started with other inputs or settings; starting over")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return fresh
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--input", nargs="+", required=True, help="files, folders or globs: .txt .jsonl(.gz) "
+                        ".parquet .csv, or datasets saved with save_to_disk")
+    parser.add_argument("--tokenizer", required=True, help="a Hugging Face tokenizer folder")
+    parser.add_argument("--out", required=True, help="the store folder to create")
+    parser.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    parser.add_argument("--shard-size", default="128MB", help="token bytes per shard (e.g. 64MB, 1GB)")
+    parser.add_argument("--text-field", default="text", help="the text field of jsonl/csv/parquet/datasets records")
+    parser.add_argument("--doc-per-file", action="store_true",
+                        help=".txt files hold one document each (default: blank lines separate documents)")
+    parser.add_argument("--seq-len", type=int, nargs="*", default=[128, 512],
+                        help="build the sample index for these row lengths (more later with `gpt-ds index`)")
+    parser.add_argument("--two-segments", action="store_true", help="index [CLS] A [SEP] B [SEP] rows")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def run(args) -> int:
+    m = prepare(args.input, args.tokenizer, args.out, workers=args.workers, shard_size=args.shard_size,
+                text_field=args.text_field, txt_mode="file" if args.doc_per_file else "blank-line",
+                seq_lens=args.seq_len, two_segments=args.two_segments, quiet=args.quiet)
+    print(json.dumps({"store": args.out, **m["totals"], "skipped": m["skipped"]}))
+    return 0
