@@ -101,20 +101,16 @@ def expand_inputs(paths: list[str] | tuple[str, ...]) -> list[Input]:
 
 
 def _walk(root: Path) -> list[Input]:
+    """Known formats under root, depth first, in name order (a datasets folder counts as one input)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(dirpath)
-        for d in list(dirnames):
-            if _format_of(here / d) == "hf":
-                found.append(Input(here / d, "hf"))
-                dirnames.remove(d)
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            fmt = _format_of(here / f)
-            if fmt is not None:
-                found.append(Input(here / f, fmt))
+    for p in sorted(root.iterdir(), key=lambda q: q.name):
+        if p.name.startswith("."):
+            continue
+        fmt = _format_of(p)
+        if fmt is not None:
+            found.append(Input(p, fmt))
+        elif p.is_dir():
+            found.extend(_walk(p))
     return found
 
 
