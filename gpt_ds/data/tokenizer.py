@@ -207,8 +207,8 @@ def sentence_end_table(tok) -> np.ndarray:
 
 
 def add_arguments(parser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True)
-    t = sub.add_parser("train", help="train a SentencePiece tokenizer on text files")
+    t = parser  # `gpt-ds tokenizer train ...` (one action; a positional keeps intermixed parsing possible)
+    t.add_argument("action", choices=["train"], help="train a SentencePiece tokenizer on text files")
     t.add_argument("--input", nargs="+", required=True, help="files, folders or globs (any format `prepare` reads)")
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True, help="output folder (a Hugging Face tokenizer folder)")
