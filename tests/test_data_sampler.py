@@ -112,3 +112,26 @@ def test_blend_quotas_and_mapping():
         assert np.array_equal(np.sort(mine), np.arange(3 * q[i]))   # each source's samples are 0, 1, 2, ... once
     sub = blend(n[1000:1100], q, seed=3)
     assert np.array_equal(sub[0], src[1000:1100]) and np.array_equal(sub[1], own[1000:1100])
+
+
+def test_blending_proportions_within_sampling_error():
+    from gpt_ds.data.datasets import BlendedDataset, SyntheticDataset
+    parts = [SyntheticDataset(n, 8, 300 + i, seed=1) for i, n in enumerate((40, 500, 7))]
+    for p in parts:
+        p.tokenizer_fingerprint = "same"
+    ds = BlendedDataset(parts, [0.5, 0.3, 0.2], seed=1)
+    for start in (0, 123_457, 10**9):
+        n = 20_000
+        src = ds.source_of(np.arange(start, start + n))
+        for i, w in enumerate((0.5, 0.3, 0.2)):
+            k = int((src == i).sum())
+            assert abs(k - n * w) < 4 * np.sqrt(n * w * (1 - w)), (start, i, k)
+    b = ds.batch(np.arange(64))
+    src = ds.source_of(np.arange(64))
+    # each row comes from its source: synthetic ids stay below that source's vocabulary
+    for row, s in zip(b["input_ids"], src):
+        assert int(row.max()) < 300 + s
+    assert torch.equal(ds.batch(np.arange(64))["input_ids"], b["input_ids"])
+    bad = SyntheticDataset(10, 8, 300, seed=1)
+    with pytest.raises(GptDsError, match="another tokenizer"):
+        BlendedDataset([parts[0], bad], [1, 1], seed=1)

@@ -28,6 +28,7 @@ class _Base:
     tokenizer_dir: str | None = None
     tokenizer_fingerprint: str = ""
     seed: int = 0
+    name: str = "dataset"
 
     def rows_for(self, sample_numbers: np.ndarray) -> np.ndarray:
         """The seeded per-epoch shuffle: global sample numbers -> row ids in [0, len)."""
@@ -56,6 +57,7 @@ class SyntheticDataset(_Base):
         if n <= 0:
             raise GptDsError(f"data.synthetic_samples = {n} must be > 0")
         self.n, self.seq_len, self.vocab_size, self.seed = int(n), int(seq_len), int(vocab_size), int(seed)
+        self.name = f"synthetic({n})"
         self.tokenizer_fingerprint = hashlib.sha256(f"synthetic:{vocab_size}".encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
