@@ -72,9 +72,11 @@ read -r -a command <<<"$GPT_DS"
 read -r -a srun_args <<<"$GPT_DS_SRUN_ARGS"
 child=""
 signalled=""
+terminated=""
 # shellcheck disable=SC2317  # called from the traps
 forward() {  # a bash trap runs between commands only: srun runs in the background and we `wait` for it
   signalled=$1
+  [[ $1 != TERM ]] || terminated=1
   say "received SIG$1: asking the ranks to checkpoint and stop"
   [[ -z $child ]] || kill -s "$1" "$child" 2>/dev/null || true  # srun forwards it to every task
 }
@@ -101,6 +103,13 @@ status=0
 wait "$child" || status=$?                       # bash keeps the finished child's status
 say "srun exited with $status"
 
+if ((status == REQUEUE_EXIT_CODE)) && [[ -n $terminated ]]; then
+  # SIGTERM reaches this script on scancel, at the time limit and on preemption: the user or the scheduler ended
+  # the job (a scheduler that preempts with PreemptMode=REQUEUE requeues it by itself). Only USR1 requeues here.
+  say "checkpoint saved after SIGTERM; not requeueing (scancel, time limit or preemption). Submit the same" \
+    "command again to resume."
+  exit "$status"
+fi
 if ((status == REQUEUE_EXIT_CODE)); then
   restarts=${SLURM_RESTART_COUNT:-0}
   ((restarts < GPT_DS_MAX_REQUEUES)) ||

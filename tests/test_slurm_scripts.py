@@ -142,13 +142,18 @@ def test_exit_75_requeues_the_job_and_other_codes_pass_through(fake_slurm):
     assert code == 1 and requeues == "" and "after 2 requeues" in out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["USR1", "TERM"])
-def test_a_signal_to_the_batch_shell_reaches_the_trainer_which_checkpoints_and_is_requeued(fake_slurm, sig):
+@pytest.mark.parametrize("sig, code_and_requeues", [
+    (signal.SIGUSR1, (0, "requeue 77\n")),  # the time-limit warning: checkpoint, then requeue
+    (signal.SIGTERM, (REQUEUE_EXIT_CODE, "")),  # scancel / time limit / preemption: checkpoint, but no requeue
+], ids=["USR1", "TERM"])
+def test_a_signal_to_the_batch_shell_reaches_the_trainer_which_checkpoints(fake_slurm, sig, code_and_requeues):
     env, tmp = fake_slurm
     code, out, requeues = run_pretrain(env, tmp, "wait", signal_to_send=sig)
     assert (tmp / "stopped").read_text() == sig.name, out
     assert f"received {sig.name}" in out
-    assert (code, requeues) == (0, "requeue 77\n"), out
+    assert (code, requeues) == code_and_requeues, out
+    if sig == signal.SIGTERM:
+        assert "not requeueing" in out
 
 
 def test_a_master_addr_that_does_not_resolve_fails_loudly(fake_slurm):
