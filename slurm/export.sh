@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Export a run as Hugging Face checkpoints:   sbatch slurm/export.sh RUN_DIR OUT_DIR [--step N] [--verify]
 # Runs `gpt-ds export RUN_DIR --out OUT_DIR ...` on one CPU task: it merges the ZeRO-3 partitions offline, so it
-# needs no GPU and no process group, only memory for about three copies of the weights (set --mem to fit).
+# needs no GPU and no process group, only memory for the merged fp32 weights of both towers (set --mem to fit).
 #
 #SBATCH --job-name=gpt-ds-export
 #SBATCH --nodes=1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build a token store on one CPU node:   sbatch slurm/prepare.sh [gpt-ds prepare arguments ...]
-#   e.g. sbatch slurm/prepare.sh --help      (the arguments go to `gpt-ds prepare` unchanged)
+#   e.g. sbatch slurm/prepare.sh --input corpus/ --tokenizer tok/ --out stores/corpus --seq-len 128 512
+# The arguments go to `gpt-ds prepare` unchanged (sbatch slurm/prepare.sh --help lists them); --workers defaults to
+# the job's CPUs.
 # A CPU job: no GPUs, one task with many CPUs for the tokenizer. The store is written aside and renamed, so a job
 # killed at its time limit leaves no half-written store behind; run it again.
 #
@@ -30,4 +32,6 @@ export TOKENIZERS_PARALLELISM=true
 read -r -a prefix <<<"$GPT_DS_PREFIX"
 read -r -a command <<<"$GPT_DS"
 say "job $SLURM_JOB_ID on ${SLURMD_NODENAME:-$(hostname)}, $OMP_NUM_THREADS threads: ${command[*]} prepare $*"
-srun --ntasks=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "${prefix[@]}" "${command[@]}" prepare "$@"
+workers=(--workers "${SLURM_CPUS_PER_TASK:-1}")
+for arg in "$@"; do [[ $arg != --workers* && $arg != -h && $arg != --help ]] || workers=(); done
+srun --ntasks=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "${prefix[@]}" "${command[@]}" prepare "$@" "${workers[@]}"
