@@ -102,7 +102,8 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
 
 
 def load(step_dir: Path, engines, rank: int, world_size: int) -> dict:
-    """Loads both engines (with optimizer and scheduler state) and this rank's RNG; returns the trainer state."""
+    """Loads both engines (with optimizer and scheduler state); returns the trainer state, with this rank's saved
+    RNG state under "rng_state" (None when the world size changed) for the caller to set right before the loop."""
     state = read_state(step_dir)
     engines.generator.load_checkpoint(str(step_dir), tag="generator", load_optimizer_states=True,
                                       load_lr_scheduler_states=True)
@@ -110,6 +111,7 @@ def load(step_dir: Path, engines, rank: int, world_size: int) -> dict:
         engines.discriminator.load_checkpoint(str(step_dir), tag="discriminator", load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
     rng_file = step_dir / "rng" / f"rank_{rank:05d}.pt"
+    state["rng_state"] = None
     if state.get("world_size") == world_size and rng_file.is_file():
-        torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
+        state["rng_state"] = torch.load(rng_file, weights_only=True)["torch"]
     return state

@@ -60,7 +60,19 @@ def _initialize(model: torch.nn.Module, ds: dict, cfg: Config):
         model=model, optimizer=optimizer, model_parameters=groups, config=ds,
         lr_scheduler=lambda opt: make_scheduler(opt, cfg.optim.warmup_steps, cfg.train.max_steps,
                                                 cfg.optim.min_lr_ratio))
+    if zero_stage(ds) == 0:
+        _record_fp32_clip_norm(engine)
     return engine
+
+
+def _record_fp32_clip_norm(engine) -> None:
+    """DeepSpeed's ZeRO-0 fp32 path clips but drops the norm; keep it so every stage logs a gradient norm."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_and_record():
+        engine._global_grad_norm = float(clip_grad_norm_(parameters=engine.module.parameters(),
+                                                         max_norm=engine.gradient_clipping(), mpu=engine.mpu))
+    engine.clip_fp32_gradients = clip_and_record
 
 
 def build_engines(cfg: Config, layout: BatchLayout, vocab_size: int, pad_id: int) -> Engines:

@@ -44,6 +44,7 @@ class Trainer:
         self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id)
         self.device = self.engines.generator.device
         self.step = 0
+        self.rng_state = None  # set right before the loop on resume: nothing in between may draw from it
         resume_from = checkpoint.find_resume(self.ckpt_dir, resume if resume is not None else cfg.checkpoint.resume)
         if resume_from is not None:
             self._resume(resume_from)
@@ -76,6 +77,7 @@ class Trainer:
                              f"with the same data.tokenizer or start a new run (run.name=...)")
         state = checkpoint.load(step_dir, self.engines, self.rank, self.world_size)
         self.step = int(state["step"])
+        self.rng_state = state["rng_state"]
         if self.rank == 0:
             print(f"gpt_ds: resumed from {step_dir} at step {self.step}", file=sys.stderr, flush=True)
 
@@ -150,6 +152,8 @@ class Trainer:
                                progress_bar=cfg.logging.progress_bar, total_steps=cfg.train.max_steps,
                                start_step=self.step)
         self.preemption.install()
+        if self.rng_state is not None:
+            torch.set_rng_state(self.rng_state)
         exit_code = 0
         t_last, steps_since = time.perf_counter(), 0
         try:

@@ -1,0 +1,132 @@
+"""End to end through the CLI on CPU: 2-rank ZeRO-3, rank/stage invariance, exact resume, export parity, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["data.synthetic=true", "model.vocab_size=300", "model.num_layers=1", "model.hidden_size=64",
+        "model.num_heads=2", "model.intermediate_size=128", "model.embedding_size=32", "data.seq_len=32",
+        "model.max_position_embeddings=64", "train.global_batch=8", "logging.every=1", "logging.progress_bar=false",
+        "optim.warmup_steps=2"]
+
+
+def gpt_ds(*args, check=True, timeout=240):
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_PROCID"):
+        env.pop(k, None)
+    p = subprocess.run([sys.executable, "-m", "gpt_ds.cli", *map(str, args)], env=env, cwd=ROOT, text=True,
+                       capture_output=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"gpt-ds {' '.join(map(str, args))} exited {p.returncode}\n{p.stderr[-4000:]}")
+    return p
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def by_step(rows, key="loss"):
+    return {r["step"]: r[key] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """6 uninterrupted steps, 2 ranks, ZeRO-3 for both engines, dropout on."""
+    d = tmp_path_factory.mktemp("full") / "run"
+    gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "checkpoint.every=3", "--nproc", "2")
+    return d
+
+
+def test_two_rank_zero3_run_writes_checkpoints_metrics_and_config(full_run):
+    rows = metrics(full_run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("gen_loss", "disc_loss", "gen_acc", "disc_auc", "disc_precision", "disc_recall", "replaced_share",
+                "disc_loss_prior", "tokens_per_s", "mfu", "gen_grad_norm", "disc_grad_norm"):
+        assert key in rows[-1], key
+    ck = full_run / "checkpoints"
+    assert (ck / "latest").read_text().strip() == "step_0000006"
+    step = ck / "step_0000006"
+    assert sorted(p.name for p in (step / "generator").glob("zero_pp_rank_*_model_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
+    state = json.loads((step / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["consumed_samples"] == 48 and state["world_size"] == 2
+    assert (full_run / "config.yaml").is_file() and list((full_run / "tb").iterdir())
+    assert not list(ck.glob("*.tmp"))
+
+
+def test_resume_gives_the_same_losses(full_run, tmp_path):
+    d = tmp_path / "run"
+    common = ["pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "checkpoint.every=100", "--nproc", "2"]
+    gpt_ds(*common, "train.stop_at=3")
+    assert (d / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    gpt_ds(*common, "--resume", "auto")
+    resumed, full = metrics(d), metrics(full_run)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "gen_loss", "disc_loss"):
+        a, b = by_step(resumed, key), by_step(full, key)
+        assert all(abs(a[s] - b[s]) <= 1e-6 for s in range(1, 7)), (key, a, b)
+
+
+def test_zero3_two_ranks_equals_zero0_one_rank(tmp_path):
+    nodrop = ["model.hidden_dropout=0", "model.attention_dropout=0", "train.max_steps=3", "checkpoint.every=100"]
+    z3, z0 = tmp_path / "z3", tmp_path / "z0"
+    gpt_ds("pretrain", "tiny", *FAST, *nodrop, f"run.dir={z3}", "--nproc", "2")
+    gpt_ds("pretrain", "tiny", *FAST, *nodrop, f"run.dir={z0}", "train.grad_accum=2",
+           "deepspeed.generator=ds_configs/zero0_fp32.json", "deepspeed.discriminator=ds_configs/zero0_fp32.json")
+    a, b = metrics(z3), metrics(z0)
+    for key in ("loss", "gen_loss", "disc_loss", "gen_grad_norm", "disc_grad_norm"):
+        for s in (1, 2, 3):
+            x, y = by_step(a, key)[s], by_step(b, key)[s]
+            assert abs(x - y) <= 1e-5 * max(1.0, abs(y)), (key, s, x, y)
+
+
+def test_export_reloads_with_plain_transformers(full_run, tmp_path):
+    out = tmp_path / "export"
+    p = gpt_ds("export", full_run, "--out", out, "--verify")
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert info["step"] == 6 and info["verify_max_abs_diff"] <= 1e-5
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, ElectraForMaskedLM, ElectraForPreTraining
+    disc = AutoModelForPreTraining.from_pretrained(out / "discriminator")
+    gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
+    assert isinstance(disc, ElectraForPreTraining) and isinstance(gen, ElectraForMaskedLM)
+    assert (out / "discriminator" / "model.safetensors").is_file() and not list(out.rglob("*.bin"))
+    assert gen.generator_lm_head.weight.data_ptr() == gen.electra.embeddings.word_embeddings.weight.data_ptr()
+    # the GDES merge: the exported table is E_G + delta, not the zero-initialised delta alone
+    assert disc.electra.embeddings.word_embeddings.weight.abs().mean() > 1e-3
+    ids = torch.randint(5, 300, (2, 16))
+    assert disc(ids).logits.shape == (2, 16) and torch.isfinite(gen(ids).logits).all()
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["optim.lrr=1e-3"], "did you mean 'optim.lr'"),
+    (["train.global_batch=7"], "train.global_batch 7 is not divisible"),
+    (["train.micro_batch=3"], "train.global_batch 8 != train.micro_batch 3"),
+    (["data.synthetic=false", "data.sources=[/nonexistent/corpus]"], "'/nonexistent/corpus' does not exist"),
+    (["deepspeed.overrides={train_batch_size: 64}"], "contradicts train.global_batch"),
+    (["objective.kind=elektra"], "did you mean 'electra'"),
+])
+def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", *overrides, "--nproc", "2", check=False,
+               timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_unparsable_ds_config_is_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"zero_optimization": {"stage": 3,}}')
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", f"deepspeed.generator={bad}", check=False,
+               timeout=60)
+    assert p.returncode == 2 and str(bad) in p.stderr and "not valid JSON" in p.stderr
+
+
+def test_resume_with_another_model_config_is_refused(full_run):
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={full_run}", "model.hidden_size=128", "train.max_steps=8",
+               "--nproc", "2", check=False, timeout=60)
+    assert p.returncode == 2 and "model.hidden_size: 64 -> 128" in p.stderr and "Traceback" not in p.stderr
