@@ -1,0 +1,160 @@
+"""`gpt-ds estimate CONFIG [key=value ...] --nodes N --gpus-per-node G --gpu-mem 80GB [--json]`.
+
+Per-GPU memory of both engines (generator and discriminator) under every ZeRO stage / offload, with their activations
+at the configured micro-batch (with and without activation checkpointing) and the fused heads' workspace; FLOPs per
+step (generator + discriminator + sampling) and the step time at a stated MFU; the options that fit, fastest first,
+and the ds_configs/ preset to use. Assumptions are printed with the figures: they are estimates, not measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from gpt_ds.config import Config, ConfigError, batch_layout, load_config
+from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
+from gpt_ds.zero.sizes import activation_bytes, head_workspace, towers, vocab_size
+
+GIB = 1 << 30
+
+
+def parse_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"--gpu-mem '{text}': give a size such as 80GB, 40GiB or 24G")
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: float = 0.4,
+             peak_tflops: float = 312.0, comm_gbs: float = 25.0, pcie_gbs: float = 12.0, headroom: float = 0.9,
+             flash: bool | None = None) -> dict:
+    """Everything `gpt-ds estimate` prints, as a dict (bytes, seconds, FLOPs)."""
+    from gpt_ds.train.flops import step_flops
+    world = nodes * gpus_per_node
+    layout = batch_layout(cfg, world)
+    prec = cfg.train.precision
+    act = 4 if prec == "fp32" else 2
+    flash = prec != "fp32" if flash is None else flash
+    v = vocab_size(cfg)
+    tws = towers(cfg, v)
+    flops = step_flops(cfg, v)
+    compute_s = flops["total"] / (world * peak_tflops * 1e12 * mfu)
+    rows = []
+    for opt in OPTIONS:
+        for ckpt in (False, True):
+            rows.append(_option_row(cfg, tws, opt, ckpt, prec, act, world, gpus_per_node, layout, gpu_mem * headroom,
+                                    flash, compute_s, comm_gbs, pcie_gbs))
+    order = {o.label: i for i, o in enumerate(OPTIONS)}  # equal times: the simpler option first
+    rows.sort(key=lambda r: (not r["fits"], round(r["step_time_s"], 4), order[r["option"]], r["peak_gpu_bytes"]))
+    fitting = [r for r in rows if r["fits"]]
+    best = fitting[0] if fitting else None
+    return {
+        "world_size": world, "nodes": nodes, "gpus_per_node": gpus_per_node, "gpu_mem_bytes": gpu_mem,
+        "usable_gpu_bytes": int(gpu_mem * headroom), "precision": prec,
+        "layout": {"global_batch": layout.global_batch, "micro_batch": layout.micro_batch,
+                   "grad_accum": layout.grad_accum, "seq_len": cfg.data.seq_len},
+        "engines": {t.name: {"params": t.params, "largest_module_params": t.largest_module, "hidden": t.hidden,
+                             "layers": t.layers} for t in tws},
+        "flops_per_step": flops, "assumptions": {"mfu": mfu, "peak_tflops_per_gpu": peak_tflops,
+                                                 "comm_GBps_per_gpu": comm_gbs, "pcie_GBps": pcie_gbs,
+                                                 "flash_attention": flash, "headroom": headroom,
+                                                 "overlap": "none (communication and offload add to compute)"},
+        "options": rows,
+        "recommended": None if best is None else {"preset": f"ds_configs/{best['preset']}.json",
+                                                  "option": best["option"],
+                                                  "activation_checkpointing": best["activation_checkpointing"]},
+    }
+
+
+def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout, usable, flash, compute_s,
+                comm_gbs, pcie_gbs) -> dict:
+    engines = {}
+    steady = acts = 0
+    transient = 0
+    cpu = 0
+    comm_bytes = pcie_bytes = 0.0
+    k = 4 if prec == "fp32" else 2
+    for t in tws:
+        st = model_states(t, opt, prec, world, **auto_buckets(t.hidden))
+        a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash)
+        ws = head_workspace(t, cfg, layout.micro_batch, act)
+        engines[t.name] = {"gpu": st.gpu, "cpu": st.cpu, "gpu_transient": st.gpu_transient, "activations": a,
+                           "head_workspace": ws}
+        steady += st.gpu_steady
+        acts += a
+        cpu += st.cpu_total
+        transient = max(transient, ws + sum(st.gpu_transient.values()))  # the engines compute one at a time
+        ring = (world - 1) / world
+        psi = t.params
+        if opt.stage == 3:
+            comm_bytes += 3 * k * psi * ring * layout.grad_accum  # gather fwd + gather bwd + reduce-scatter
+        elif opt.stage == 2:
+            comm_bytes += k * psi * ring * (layout.grad_accum + 1)  # reduce-scatter per micro + gather after step
+        else:
+            comm_bytes += 2 * k * psi * ring  # all-reduce once per step
+        if opt.offload != "none":
+            pcie_bytes += 2 * k * psi / world  # grads down, updated params up
+        if opt.offload == "param":
+            pcie_bytes += 2 * k * psi / world * layout.grad_accum  # partitions fetched for forward and backward
+    peak = steady + acts + transient
+    compute = compute_s * (4 / 3 if ckpt else 1)  # checkpointing re-runs the forward
+    step = compute + comm_bytes / (comm_gbs * 1e9) + pcie_bytes / (pcie_gbs * 1e9)
+    return {"option": opt.label, "preset": opt.preset(prec), "activation_checkpointing": ckpt,
+            "peak_gpu_bytes": int(peak), "model_state_gpu_bytes": int(steady), "activation_bytes": int(acts),
+            "transient_gpu_bytes": int(transient), "cpu_bytes_per_node": int(cpu * gpn),
+            "fits": peak <= usable, "step_time_s": step, "compute_s": compute, "engines": engines}
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="preset name (tiny, electra-small, ...) or a YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.global_batch=256")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu-mem", default="80GB", help="memory per GPU, e.g. 80GB, 40GiB (default 80GB)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
+    p.add_argument("--peak-tflops", type=float, default=312.0, help="peak dense TFLOP/s per GPU at the precision")
+    p.add_argument("--comm-gbs", type=float, default=25.0, help="collective bandwidth per GPU, GB/s")
+    p.add_argument("--pcie-gbs", type=float, default=12.0, help="host<->GPU bandwidth per GPU for offload, GB/s")
+    p.add_argument("--headroom", type=float, default=0.9, help="share of GPU memory a plan may use")
+    p.add_argument("--json", action="store_true", help="print the whole estimate as one JSON object")
+
+
+def _gib(b: float) -> str:
+    return f"{b / GIB:8.2f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    est = estimate(cfg, args.nodes, args.gpus_per_node, parse_bytes(args.gpu_mem), mfu=args.mfu,
+                   peak_tflops=args.peak_tflops, comm_gbs=args.comm_gbs, pcie_gbs=args.pcie_gbs,
+                   headroom=args.headroom)
+    if args.json:
+        print(json.dumps(est))
+        return 0 if est["recommended"] else 1
+    lay, f = est["layout"], est["flops_per_step"]
+    print(f"{args.config}: {est['world_size']} GPUs ({args.nodes} x {args.gpus_per_node}), {est['precision']}, "
+          f"micro-batch {lay['micro_batch']} x accum {lay['grad_accum']} x seq {lay['seq_len']}, "
+          f"GPU {est['gpu_mem_bytes'] / GIB:.1f} GiB (plans may use {est['usable_gpu_bytes'] / GIB:.1f})")
+    for name, e in est["engines"].items():
+        print(f"  {name}: {e['params'] / 1e6:.2f} M params, largest module {e['largest_module_params'] / 1e6:.2f} M")
+    print(f"  FLOPs/step: generator {f['generator']:.3g} + discriminator {f['discriminator']:.3g} + sampling "
+          f"{f['sampling']:.3g} = {f['total']:.3g}; at MFU {args.mfu} of {args.peak_tflops} TFLOP/s per GPU")
+    print(f"\n  {'option':<28}{'ckpt':>5}{'states':>9}{'activ':>9}{'transnt':>9}{'peak':>9}{'CPU/node':>10}"
+          f"{'step s':>9}  fits  preset   (GiB per GPU)")
+    for r in est["options"]:
+        print(f"  {r['option']:<28}{'yes' if r['activation_checkpointing'] else 'no':>5}"
+              f"{_gib(r['model_state_gpu_bytes'])} {_gib(r['activation_bytes'])} {_gib(r['transient_gpu_bytes'])} "
+              f"{_gib(r['peak_gpu_bytes'])} {_gib(r['cpu_bytes_per_node'])} {r['step_time_s']:8.3f}  "
+              f"{'yes ' if r['fits'] else 'no  '}  {r['preset']}")
+    rec = est["recommended"]
+    if rec is None:
+        print("\nnothing fits: lower train.micro_batch (raise train.grad_accum), add GPUs, or shorten data.seq_len")
+        return 1
+    print(f"\nrecommended: {rec['preset']} ({rec['option']}"
+          f"{', with activation checkpointing' if rec['activation_checkpointing'] else ''}); set "
+          f"deepspeed.generator and deepspeed.discriminator to it")
+    return 0
