@@ -75,8 +75,9 @@ signalled=""
 terminated=""
 # shellcheck disable=SC2317  # called from the traps
 forward() {  # a bash trap runs between commands only: srun runs in the background and we `wait` for it
+  # TERM without an earlier USR1 is scancel or preemption (after USR1 it is the time limit catching a slow save)
+  [[ $1 != TERM || -n $signalled ]] || terminated=1
   signalled=$1
-  [[ $1 != TERM ]] || terminated=1
   say "received SIG$1: asking the ranks to checkpoint and stop"
   [[ -z $child ]] || kill -s "$1" "$child" 2>/dev/null || true  # srun forwards it to every task
 }
