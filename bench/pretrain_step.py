@@ -1,0 +1,121 @@
+"""Training tokens/s of gpt_ds against a plain transformers ELECTRA step, same sizes, precision and batch, one process.
+
+gpt_ds: the Trainer's own train_step (DeepSpeed engines, masked-only generator head, fused heads via model.kernels).
+Reference: ElectraForMaskedLM over all positions + ElectraForPreTraining (embeddings shared), Gumbel-max sampling
+from the masked positions' softmax, loss = gen + 50 * disc, one AdamW over both. Both are timed alternately in this
+process (median of --steps after one warm-up step each). MFU = gpt_ds's counted FLOPs (gpt_ds.train.flops) per second
+over this machine's matmul rate measured in the same run. Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _ours(preset: str, args, run_dir: str):
+    from gpt_ds.config import batch_layout, load_config
+    from gpt_ds.data.loader import StepLoader
+    from gpt_ds.train.trainer import Trainer
+    ds = f"ds_configs/zero{args.zero}_fp32.json"
+    cfg = load_config(preset, [f"train.global_batch={args.batch}", f"data.seq_len={args.seq_len}", "data.synthetic=true",
+                               "train.precision=fp32", f"deepspeed.generator={ds}", f"deepspeed.discriminator={ds}",
+                               f"model.kernels={args.kernels}", f"run.dir={run_dir}", "logging.tensorboard=false",
+                               f"model.vocab_size={args.vocab}"])
+    trainer = Trainer(cfg)
+    L = batch_layout(cfg, 1)
+    loader = StepLoader(trainer.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
+                        grad_accum=L.grad_accum, world_size=1, rank=0)
+
+    def step():
+        trainer.train_step(loader.next_step())
+        trainer.step += 1
+    return cfg, trainer, step, loader
+
+
+def _reference(cfg, vocab: int, args):
+    import torch
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+    from gpt_ds.model.hf_config import discriminator_config, generator_config
+    gen = ElectraForMaskedLM(generator_config(cfg, vocab, 0))
+    disc = ElectraForPreTraining(discriminator_config(cfg, vocab, 0))
+    disc.electra.embeddings.word_embeddings = gen.electra.embeddings.word_embeddings
+    params = {id(p): p for p in list(gen.parameters()) + list(disc.parameters())}.values()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        ids = torch.randint(5, vocab, (args.batch, args.seq_len), generator=g)
+        pick = torch.rand(ids.shape, generator=g) < 0.15
+        masked = torch.where(pick, 4, ids)
+        labels = torch.where(pick, ids, -100)
+        out = gen(input_ids=masked, labels=labels)
+        with torch.no_grad():
+            z = out.logits[pick]
+            u = torch.rand(z.shape, generator=g).clamp_(1e-9, 1 - 1e-7)
+            corrupted = ids.clone()
+            corrupted[pick] = (z - torch.log(-torch.log(u))).argmax(-1)
+        d = disc(input_ids=corrupted, labels=(corrupted != ids).long())
+        (out.loss + 50.0 * d.loss).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def measure(preset: str, args) -> dict:
+    import deepspeed
+    import torch
+    from gpt_ds.train.flops import measure_matmul_flops
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, trainer, ours, loader = _ours(preset, args, tmp)
+        ref = _reference(cfg, trainer.vocab_size, args)
+        times = {"gpt_ds": [], "hf": []}
+        for i in range(args.steps + 1):
+            for name, fn in (("gpt_ds", ours), ("hf", ref)):
+                t0 = time.perf_counter()
+                fn()
+                if i:
+                    times[name].append(time.perf_counter() - t0)
+        loader.close()
+    peak = measure_matmul_flops()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = args.batch * args.seq_len
+    del deepspeed, torch
+    return {f"{preset}_gpt_ds_tokens_per_s": tokens / med["gpt_ds"], f"{preset}_hf_tokens_per_s": tokens / med["hf"],
+            f"{preset}_speedup_vs_hf": med["hf"] / med["gpt_ds"], f"{preset}_step_gflop": trainer.flops["total"] / 1e9,
+            f"{preset}_measured_peak_gflops": peak / 1e9,
+            f"{preset}_mfu_vs_measured_peak": trainer.flops["total"] / med["gpt_ds"] / peak,
+            f"{preset}_times_s": times}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", default="tiny,electra-small")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3])
+    ap.add_argument("--vocab", type=int, default=30522)
+    ap.add_argument("--kernels", default="auto")
+    args = ap.parse_args(argv)
+    import deepspeed
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    res = {"batch": args.batch, "seq_len": args.seq_len, "precision": "fp32", "zero": args.zero}
+    for preset in args.presets.split(","):
+        res.update(measure(preset, args))
+        print(json.dumps(res), file=sys.stderr)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
