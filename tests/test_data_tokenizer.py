@@ -4,8 +4,8 @@ import json
 import pytest
 
 from gpt_ds.data.corpora import news_articles
-from gpt_ds.data.tokenizer import (load_tokenizer, sentence_end_table, tokenizer_fingerprint, train_tokenizer,
-                                   vocab_size_of)
+from gpt_ds.data.tokenizer import (TokenizerInfo, load_tokenizer, sentence_end_table, special_ids,
+                                   tokenizer_fingerprint, tokenizer_info, train_tokenizer, vocab_size_of)
 from gpt_ds.errors import GptDsError
 
 
@@ -56,6 +56,10 @@ def test_fingerprint_and_metadata(tok_dir, tmp_path):
     tok = load_tokenizer(tok_dir)
     fp = tokenizer_fingerprint(tok)
     assert fp == tokenizer_fingerprint(load_tokenizer(tok_dir)) and len(fp) == 16
+    light = tokenizer_info(tok_dir)         # the transformers-free reader used by prepare gives the same identity
+    assert isinstance(light, TokenizerInfo)
+    assert tokenizer_fingerprint(light) == fp and special_ids(light) == special_ids(tok)
+    assert (sentence_end_table(light) == sentence_end_table(tok)).all()
     meta = json.loads((tok_dir / "gpt_ds_tokenizer.json").read_text())
     assert meta["sample_docs"] == 300
     ends = sentence_end_table(tok)

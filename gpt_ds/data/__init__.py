@@ -7,10 +7,12 @@ pure function of (run.seed, sample number), so the only sampler state is the num
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where batches are made, so `prepare` never pays for it
+    import torch
 
 from gpt_ds.errors import GptDsError
 
@@ -56,7 +58,7 @@ def open_dataset(cfg) -> RowDataset:
 def _open_source(path: str, cfg):
     from gpt_ds.config import ConfigError
     from gpt_ds.data import sources
-    from gpt_ds.data.tokenizer import load_tokenizer
+    from gpt_ds.data.tokenizer import tokenizer_info
 
     d = cfg.data
     if not Path(path).exists():
@@ -67,7 +69,7 @@ def _open_source(path: str, cfg):
     if not d.tokenizer:
         raise ConfigError(f"data.sources '{path}' is text, so data.tokenizer must name a tokenizer folder "
                           f"(train one with `gpt-ds tokenizer train`)")
-    tok = load_tokenizer(d.tokenizer)
+    tok = tokenizer_info(d.tokenizer)
     return sources.text_source(path, tok, d.tokenizer, seq_len=d.seq_len, pairs=d.two_segments, seed=cfg.run.seed)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import torch
 
 from gpt_ds.data import order
 from gpt_ds.data.packing import write_row
@@ -34,7 +33,7 @@ class _Base:
         """The seeded per-epoch shuffle: global sample numbers -> row ids in [0, len)."""
         return order.epoch_rows(sample_numbers, len(self), self.seed)
 
-    def batch(self, sample_numbers) -> dict[str, torch.Tensor]:
+    def batch(self, sample_numbers) -> dict:
         ids, types = self.rows(self.rows_for(np.asarray(sample_numbers, dtype=np.int64)))
         return _tensors(ids, types, self.pad_id)
 
@@ -42,7 +41,8 @@ class _Base:
         raise NotImplementedError
 
 
-def _tensors(ids: np.ndarray, types: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+def _tensors(ids: np.ndarray, types: np.ndarray, pad_id: int) -> dict:
+    import torch  # here, so that `prepare` and its workers never import torch
     ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
     return {"input_ids": ids_t, "attention_mask": (ids_t != pad_id).long(),
             "token_type_ids": torch.from_numpy(np.ascontiguousarray(types, dtype=np.int64))}
@@ -150,7 +150,7 @@ class BlendedDataset(_Base):
         share = self.quotas / self.quotas.sum()
         return int(max(np.ceil(len(p) / s) for p, s in zip(self.parts, share)))
 
-    def batch(self, sample_numbers) -> dict[str, torch.Tensor]:
+    def batch(self, sample_numbers) -> dict:
         numbers = np.asarray(sample_numbers, dtype=np.int64)
         src, own = order.blend(numbers, self.quotas, self.seed)
         ids = np.full((len(numbers), self.seq_len), self.pad_id, dtype=np.int64)

@@ -40,16 +40,14 @@ def parse_size(text: str) -> int:
 _ENCODER = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
+def _init_worker(tokenizer_dir: str, engine: str) -> None:
     global _ENCODER
     from gpt_ds.data.encode import Encoder
-    _ENCODER = Encoder(tokenizer_dir)
+    _ENCODER = Encoder(tokenizer_dir, engine)
 
 
 def _encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    arrays = _ENCODER.encode(texts)
-    lengths = np.asarray([len(a) for a in arrays], dtype=np.int64)
-    return (np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)), lengths
+    return _ENCODER.encode_flat(texts)
 
 
 def _batches(inputs, start: tuple[int, int], text_field: str, txt_mode: str):
@@ -81,13 +79,15 @@ def _input_entry(inp) -> dict:
 
 def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", text_field: str = "text",
             txt_mode: str = "blank-line", seq_lens=(128, 512), two_segments: bool = False,
-            quiet: bool = False) -> dict:
+            encoder: str = "auto", quiet: bool = False) -> dict:
     """Build (or finish, or find up to date) the store at `out`; returns its manifest."""
     from gpt_ds.data.samples import build_index
-    from gpt_ds.data.tokenizer import (load_tokenizer, sentence_end_table, special_ids, tokenizer_fingerprint,
+    from gpt_ds.data.tokenizer import (sentence_end_table, special_ids, tokenizer_fingerprint, tokenizer_info,
                                        vocab_size_of)
 
-    tok = load_tokenizer(tokenizer)
+    if not Path(tokenizer).is_dir():
+        raise GptDsError(f"--tokenizer {tokenizer} is not a folder; train one with `gpt-ds tokenizer train`")
+    tok = tokenizer_info(tokenizer)
     fp, vocab = tokenizer_fingerprint(tok), vocab_size_of(tok)
     dtype = "uint16" if vocab <= 1 << 16 else "uint32"
     items = expand_inputs(list(inputs))
@@ -129,9 +129,9 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
     if workers > 1:
         import multiprocessing as mp
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(str(tokenizer),))
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(str(tokenizer), encoder))
     else:
-        _init_worker(str(tokenizer))
+        _init_worker(str(tokenizer), encoder)
     inflight = collections.deque()
     try:
         for i, parts, done, stats in _batches(items, start, text_field, txt_mode):
@@ -220,12 +220,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seq-len", type=int, nargs="*", default=[128, 512],
                         help="build the sample index for these row lengths (more later with `gpt-ds index`)")
     parser.add_argument("--two-segments", action="store_true", help="index [CLS] A [SEP] B [SEP] rows")
+    parser.add_argument("--encoder", choices=["auto", "hf", "spm"], default="auto",
+                        help="auto: SentencePiece's own encoder for tokenizers made by `gpt-ds tokenizer train` "
+                             "(same ids, spot-checked against tokenizer.json), else tokenizer.json")
     parser.add_argument("--quiet", action="store_true")
 
 
 def run(args) -> int:
     m = prepare(args.input, args.tokenizer, args.out, workers=args.workers, shard_size=args.shard_size,
                 text_field=args.text_field, txt_mode="file" if args.doc_per_file else "blank-line",
-                seq_lens=args.seq_len, two_segments=args.two_segments, quiet=args.quiet)
+                seq_lens=args.seq_len, two_segments=args.two_segments, encoder=args.encoder, quiet=args.quiet)
     print(json.dumps({"store": args.out, **m["totals"], "skipped": m["skipped"]}))
     return 0

@@ -242,12 +242,14 @@ def _txt_parts(path: Path, stats: ReadStats, mode: str) -> Iterator[tuple[str, b
         eof = data is None
         buf += decode(b"" if eof else data, final=eof)
         if mode == "blank-line":
+            pos = 0  # documents are sliced out by position; the buffer is trimmed once per chunk
             while True:
-                m = _BLANK_LINE.search(buf)
+                m = _BLANK_LINE.search(buf, pos)
                 if m is None or (m.end() == len(buf) and not eof):
                     break
-                yield from emit(buf[:m.start()], True)
-                buf = buf[m.end():]
+                yield from emit(buf[pos:m.start()], True)
+                pos = m.end()
+            buf = buf[pos:]
         while len(buf) > PART_CHARS:
             cut = _cut_point(buf, PART_CHARS)  # before a whitespace run: a blank line is never split
             yield from emit(buf[:cut], False)

@@ -113,13 +113,15 @@ def verify_store(root) -> list[str]:
 def open_store_dataset(path, cfg) -> PackedDataset:
     """A store as a row dataset for cfg.data.seq_len; refuses a tokenizer other than the run's."""
     from gpt_ds.data.samples import load_index
-    from gpt_ds.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info
 
     root = Path(path)
     m = read_manifest(root)
     tok_dir = str(root / "tokenizer")
     if cfg.data.tokenizer:
-        fp = tokenizer_fingerprint(load_tokenizer(cfg.data.tokenizer))
+        if not Path(cfg.data.tokenizer).is_dir():
+            raise GptDsError(f"data.tokenizer '{cfg.data.tokenizer}' is not a folder")
+        fp = tokenizer_fingerprint(tokenizer_info(cfg.data.tokenizer))
         if fp != m["tokenizer"]["fingerprint"]:
             raise GptDsError(f"store {root} was made with another tokenizer (fingerprint "
                              f"{m['tokenizer']['fingerprint']}) than data.tokenizer={cfg.data.tokenizer} ({fp}); "

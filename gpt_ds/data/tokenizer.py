@@ -170,6 +170,45 @@ def load_tokenizer(path):
     return tok
 
 
+class TokenizerInfo:
+    """What data preparation needs from a tokenizer folder (vocabulary, special ids), read with the `tokenizers`
+    library alone: no transformers import (seconds) in `prepare` and its workers."""
+
+    def __init__(self, path, tok, specials: dict[str, int]):
+        self.path, self._tok = Path(path), tok
+        for name, idx in specials.items():
+            setattr(self, name + "_id", idx)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self._tok.get_vocab(with_added_tokens=True)
+
+
+def tokenizer_info(path):
+    """TokenizerInfo when tokenizer.json and the special tokens are written down, else the transformers tokenizer."""
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    conf: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (p / name).is_file():
+            try:
+                conf.update(json.loads((p / name).read_text()))
+            except json.JSONDecodeError:
+                return load_tokenizer(p)
+    if not (p / "tokenizer.json").is_file():
+        return load_tokenizer(p)
+    tok = Tokenizer.from_file(str(p / "tokenizer.json"))
+    specials = {}
+    for name in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"):
+        v = conf.get(name)
+        v = v.get("content") if isinstance(v, dict) else v
+        idx = tok.token_to_id(v) if isinstance(v, str) else None
+        if idx is None:
+            return load_tokenizer(p)  # let transformers resolve it (or name what is missing)
+        specials[name] = idx
+    return TokenizerInfo(p, tok, specials)
+
+
 def special_ids(tok) -> dict[str, int]:
     return {"pad_id": tok.pad_token_id, "unk_id": tok.unk_token_id, "cls_id": tok.cls_token_id,
             "sep_id": tok.sep_token_id, "mask_id": tok.mask_token_id}
