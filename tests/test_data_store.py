@@ -49,6 +49,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     docs = {k: make_docs(rng, 12) for k in ("a_txt", "b_jsonl", "c_gz", "d_csv", "e_parquet", "f_hf")}
     (root / "a.txt").write_text("\n\n\n".join(d.replace(". ", ".\n", 1) for d in docs["a_txt"]) + "\n\n  \n\n")
+    (root / "a2.txt").write_text(" \n\t\n")   # an empty document
     (root / "b.jsonl").write_text("".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs["b_jsonl"])))
     with gzip.open(root / "c.jsonl.gz", "wt") as f:
         f.writelines(json.dumps({"text": d}) + "\n" for d in docs["c_gz"])
@@ -90,9 +91,10 @@ def test_round_trip_and_manifest(corpus, tok_dir, tmp_path):
         assert ids.tolist() == tok(text, add_special_tokens=False)["input_ids"]
     assert m["totals"]["tokens"] == sum(len(g) for g in got) == sum(s["tokens"] for s in m["shards"])
     assert m["totals"]["shards"] == len(m["shards"]) > 3
-    assert [s["format"] for s in m["sources"]] == ["txt", "jsonl", "jsonl", "csv", "parquet", "hf"]
-    assert all(s["documents"] == 12 for s in m["sources"])
-    assert m["sources"][0]["empty_documents"] == 1 and m["skipped"]["empty_documents"] == 1
+    assert [s["format"] for s in m["sources"]] == ["txt", "txt", "jsonl", "jsonl", "csv", "parquet", "hf"]
+    assert [s["documents"] for s in m["sources"]] == [12, 0, 12, 12, 12, 12, 12]
+    assert [s["empty_documents"] for s in m["sources"]] == [0, 1, 0, 0, 0, 0, 0]
+    assert m["skipped"]["empty_documents"] == 1
     assert m["dtype"] == "uint16" and m["tokenizer"]["fingerprint"]
     assert verify_store(tmp_path / "s") == []
 
