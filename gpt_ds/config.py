@@ -49,6 +49,8 @@ class ModelConfig:
     # generator: width as a fraction of the discriminator's (ELECTRA: 1/4); depth 0 = same as the discriminator
     generator_hidden_ratio: float = 0.25
     generator_layers: int = 0
+    # initial position table: "sinusoidal" (scaled sin/cos; learned afterwards, still a stock ELECTRA) or "normal"
+    position_init: Literal["sinusoidal", "normal"] = "normal"
     kernels: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 
@@ -200,6 +202,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"config key '{where}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{where}' must be a number, got {value!r}")
         return float(value)
@@ -377,12 +384,27 @@ def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+# Model keys that do not change what a checkpoint holds: a resume may change them.
+RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init")
+
+
 def config_fingerprint(cfg: Config) -> str:
     """Hash of what fixes the model's shapes: a resume with a different one is refused."""
     import hashlib
-    keep = {"model": dataclasses.asdict(cfg.model), "objective.kind": cfg.objective.kind,
-            "objective.embedding_sharing": cfg.objective.embedding_sharing}
-    keep["model"].pop("kernels", None)
-    keep["model"].pop("hidden_dropout", None)
-    keep["model"].pop("attention_dropout", None)
+    keep = {"model": {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in RESUMABLE_MODEL_KEYS},
+            "objective.kind": cfg.objective.kind, "objective.embedding_sharing": cfg.objective.embedding_sharing}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_differences(saved: dict, cfg: Config) -> list[str]:
+    """'section.key: old -> new' for what a checkpoint's config and this one disagree on (keys both know)."""
+    new = cfg.to_dict()
+    out = []
+    for sec, keys in (("model", None), ("objective", ("kind", "embedding_sharing"))):
+        old_sec = saved.get(sec, {})
+        for k, v in new[sec].items():
+            if (keys is None and k in RESUMABLE_MODEL_KEYS) or (keys is not None and k not in keys):
+                continue
+            if k in old_sec and old_sec[k] != v:
+                out.append(f"{sec}.{k}: {old_sec[k]!r} -> {v!r}")
+    return out

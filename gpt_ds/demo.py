@@ -27,16 +27,11 @@ def gpt_ds(*args: str) -> None:
 
 
 def corpus() -> tuple[list[Path], list[str]]:
+    """The news articles (DATA.md); the last file's articles are held out of training."""
     from gpt_ds.data.corpora import news_articles
     files = news_articles(RUN / "corpus")
-    train, held = files[:-HELD_OUT], files[-HELD_OUT:]
-    train_dir = RUN / "corpus_train"
-    train_dir.mkdir(parents=True, exist_ok=True)
-    for f in train:
-        link = train_dir / f.name
-        if not link.exists():
-            link.symlink_to(f.resolve())
-    return [train_dir], [f.read_text() for f in held]
+    held = [d for d in files[-1].read_text().split("\n\n") if d.strip()][:HELD_OUT]
+    return files[:-1], held
 
 
 def curve(run_dir: Path) -> None:

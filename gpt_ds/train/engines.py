@@ -36,7 +36,24 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int) -> tuple[
     disc = None
     if cfg.objective.kind == "electra":
         disc = Discriminator(discriminator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels, gdes=gdes)
+    if cfg.model.position_init == "sinusoidal":
+        tables = [gen.mlm.electra.embeddings.position_embeddings.weight]
+        if disc is not None and not gdes:  # under GDES the discriminator's table is a zero delta on the generator's
+            tables.append(disc.pt.electra.embeddings.position_embeddings.weight)
+        for w in tables:
+            with torch.no_grad():
+                w.copy_(sinusoidal_positions(*w.shape) * (0.02 / 0.7071))  # about the std of the normal init
     return gen, disc
+
+
+def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
+    """Transformer sin/cos table: neighbouring positions start out similar, so attention can find them early."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = torch.exp(-torch.arange(0, dim, 2, dtype=torch.float64) * (torch.log(torch.tensor(10000.0)) / dim))
+    table = torch.zeros(n, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table.float()
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from gpt_ds.config import Config, ConfigError, batch_layout, load_config
+from gpt_ds.config import Config, ConfigError, load_config
 from gpt_ds.errors import GptDsError
 
 
@@ -31,20 +31,8 @@ def preflight(cfg: Config, world_size: int, resume: str) -> None:
     from pathlib import Path
 
     from gpt_ds.train import checkpoint
-    from gpt_ds.train.ds_config import ENGINES, resolve_ds_config
-    problems = []
-    try:
-        layout = batch_layout(cfg, world_size)
-    except ConfigError as e:
-        problems.append(str(e))
-        layout = None
-    if layout is not None:
-        engines = ENGINES if cfg.objective.kind == "electra" else ("generator",)
-        for engine in engines:
-            try:
-                resolve_ds_config(cfg, engine, layout)
-            except ConfigError as e:
-                problems.append(str(e))
+    from gpt_ds.zero.check import check_run
+    problems = check_run(cfg, world_size)  # batch arithmetic, both ds_configs, contradictions with this config
     if not cfg.data.synthetic:
         if not cfg.data.sources:
             problems.append("data.sources is empty: give text files/folders or stores "
@@ -121,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         argv = [args.config, *args.overrides, "--resume", resume]
         return spawn_local(argv, args.nproc)
     preflight(cfg, env.world_size, resume)
+    if env.launcher == "single":  # nobody else joins: any free port, so two single runs never collide
+        import dataclasses
+        env = dataclasses.replace(env, master_addr="127.0.0.1", master_port=_free_port())
     export_env(env)
     return train_rank(cfg, env, resume)
 
@@ -130,7 +121,8 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
     import warnings
-    warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*")  # DeepSpeed's call into torch 2.13
+    # DeepSpeed 0.19's collectives call torch 2.13 names that warn on every call: hundreds of lines per job log
+    warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*is deprecated")
     import deepspeed
     deepspeed.utils.logger.setLevel(logging.WARNING)
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ class MetricsLogger:
                 self.tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:  # tensorboard is a listed dependency; a trimmed install still trains
                 self.tb = None
-        if progress_bar:
+        if progress_bar and sys.stderr.isatty():  # a batch log gets the JSONL records, not a redrawn bar
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
                             mininterval=2.0)

@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 
 from gpt_ds import __version__
-from gpt_ds.config import Config, batch_layout, config_fingerprint, dump_config
+from gpt_ds.config import Config, batch_layout, config_fingerprint, dump_config, model_differences
 from gpt_ds.data import open_dataset
-from gpt_ds.data.loader import StepLoader
+from gpt_ds.data.loader import StepLoader, step_sample_numbers
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
@@ -95,8 +95,9 @@ class Trainer:
 
     def _sample_numbers(self, step: int, micro: int) -> torch.Tensor:
         L = self.layout
-        start = step * L.global_batch + micro * L.micro_batch * L.world_size + self.rank * L.micro_batch
-        return torch.arange(start, start + L.micro_batch, dtype=torch.int64)
+        return torch.from_numpy(step_sample_numbers(step, micro, global_batch=L.global_batch,
+                                                    micro_batch=L.micro_batch, world_size=L.world_size,
+                                                    rank=self.rank))
 
     def train_step(self, micro_batches: list[dict]) -> dict:
         o, L = self.cfg.objective, self.layout
@@ -195,13 +196,10 @@ class Trainer:
 
 def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir: Path) -> None:
     """Refuse, with the differing keys named, a resume that cannot continue the same run."""
-    if saved.get("config_fingerprint") != config_fingerprint(cfg):
-        old, new = saved.get("config", {}), cfg.to_dict()
-        diffs = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}" for sec in ("model", "objective")
-                 for k, v in new[sec].items() if old.get(sec, {}).get(k) != v
-                 and k not in ("kernels", "hidden_dropout", "attention_dropout")]
-        raise GptDsError(f"checkpoint {step_dir} was saved with a different model config ({'; '.join(diffs) or 'see '}"
-                         f"); resume with the checkpoint's settings or start a new run (run.name=... or "
+    diffs = model_differences(saved.get("config", {}), cfg)
+    if diffs:
+        raise GptDsError(f"checkpoint {step_dir} was saved with a different model config ({'; '.join(diffs)}); "
+                         f"resume with the checkpoint's settings or start a new run (run.name=... or "
                          f"checkpoint.resume=none)")
     if saved.get("global_batch") != cfg.train.global_batch:
         raise GptDsError(f"checkpoint {step_dir} used train.global_batch={saved.get('global_batch')}, the run now "
