@@ -130,3 +130,18 @@ def test_resume_with_another_model_config_is_refused(full_run):
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={full_run}", "model.hidden_size=128", "train.max_steps=8",
                "--nproc", "2", check=False, timeout=60)
     assert p.returncode == 2 and "model.hidden_size: 64 -> 128" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_mlm_baseline_trains_and_exports_an_encoder(tmp_path):
+    d = tmp_path / "mlm"
+    gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "objective.kind=mlm", "objective.mask_token_frac=0.8",
+           "objective.keep_frac=0.1", "objective.random_frac=0.1", "train.max_steps=3", "checkpoint.every=100")
+    rows = metrics(d)
+    assert [r["step"] for r in rows] == [1, 2, 3] and "disc_loss" not in rows[-1]
+    assert abs(rows[-1]["loss"] - rows[-1]["gen_loss"]) < 1e-9
+    p = gpt_ds("export", d, "--out", tmp_path / "out", "--verify")
+    assert json.loads(p.stdout.strip().splitlines()[-1])["objective"] == "mlm"
+    from transformers import AutoConfig
+    conf = AutoConfig.from_pretrained(tmp_path / "out" / "generator")
+    assert conf.hidden_size == 64 and conf.num_hidden_layers == 1  # the full-size encoder, not a 1/4 generator
+    assert not (tmp_path / "out" / "discriminator").exists()
