@@ -40,6 +40,18 @@ def parse_size(text: str) -> int:
 _ENCODER = None
 
 
+def _fixed_malloc_thresholds() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, after which the ~MB token arrays passing
+    through here fragment the heap and the main process grows with the corpus; fixed thresholds keep it flat."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD: blocks >= 128 KiB are mmap'ed and returned on free
+        libc.mallopt(-1, 1 << 17)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _init_worker(tokenizer_dir: str, engine: str) -> None:
     global _ENCODER
     from gpt_ds.data.encode import Encoder
@@ -82,8 +94,7 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
             encoder: str = "auto", quiet: bool = False) -> dict:
     """Build (or finish, or find up to date) the store at `out`; returns its manifest."""
     from gpt_ds.data.samples import build_index
-    from gpt_ds.data.tokenizer import (sentence_end_table, special_ids, tokenizer_fingerprint, tokenizer_info,
-                                       vocab_size_of)
+    from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info, vocab_size_of
 
     if not Path(tokenizer).is_dir():
         raise GptDsError(f"--tokenizer {tokenizer} is not a folder; train one with `gpt-ds tokenizer train`")
@@ -123,6 +134,7 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
         say(f"prepare: resuming after {len(progress['shards'])} finished shards (input {start[0]}, document "
             f"{start[1]})")
 
+    _fixed_malloc_thresholds()
     t0, docs0 = time.perf_counter(), writer.documents
     bar = None if quiet else _progress_bar()
     pool = None
@@ -142,33 +154,37 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
                 _write(writer, entries, inflight.popleft(), bar, t0, docs0)
         while inflight:
             _write(writer, entries, inflight.popleft(), bar, t0, docs0)
+        writer.finish()
+        manifest = _manifest(writer, tok, key, dtype, vocab, settings)
+        tmp = work / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp.replace(work / "manifest.json")
+        for L in seq_lens:  # the same worker processes pack the shards: memory stays what tokenizing took
+            build_index(work, L, two_segments, workers=workers, pool=pool)
     finally:
         if pool is not None:
             pool.terminate()
         if bar is not None:
             bar.close()
-    writer.finish()
 
-    ends = sentence_end_table(tok)
-    manifest = {
-        "format": FORMAT, "version": VERSION, "settings_key": key, "dtype": dtype, "vocab_size": vocab,
-        "tokenizer": {"fingerprint": fp, "specials": special_ids(tok),
-                      "sentence_end_ids": np.flatnonzero(ends).tolist()},
-        "settings": settings, "sources": writer.sources,
-        "totals": {"documents": writer.documents, "tokens": writer.tokens, "shards": len(writer.shards),
-                   "bytes": writer.tokens * np.dtype(dtype).itemsize},
-        "skipped": writer.skipped(), "shards": writer.shards}
-    tmp = work / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    tmp.replace(work / "manifest.json")
-    for L in seq_lens:
-        build_index(work, L, two_segments, workers=workers)
     (work / "progress.json").unlink(missing_ok=True)
     work.rename(out)
     summary = {"store": str(out), **manifest["totals"], "skipped": manifest["skipped"],
                "seconds": round(time.perf_counter() - t0, 2)}
     say("prepare: " + json.dumps(summary))
     return manifest
+
+
+def _manifest(writer, tok, key: str, dtype: str, vocab: int, settings: dict) -> dict:
+    from gpt_ds.data.tokenizer import sentence_end_table, special_ids, tokenizer_fingerprint
+    return {
+        "format": FORMAT, "version": VERSION, "settings_key": key, "dtype": dtype, "vocab_size": vocab,
+        "tokenizer": {"fingerprint": tokenizer_fingerprint(tok), "specials": special_ids(tok),
+                      "sentence_end_ids": np.flatnonzero(sentence_end_table(tok)).tolist()},
+        "settings": settings, "sources": writer.sources,
+        "totals": {"documents": writer.documents, "tokens": writer.tokens, "shards": len(writer.shards),
+                   "bytes": writer.tokens * np.dtype(dtype).itemsize},
+        "skipped": writer.skipped(), "shards": writer.shards}
 
 
 def _write(writer, entries, item, bar, t0, docs0) -> None:

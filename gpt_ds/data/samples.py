@@ -43,8 +43,22 @@ def _shard_rows(args) -> np.ndarray:
     return pack_rows(len(tokens), sh.doc_starts, cuts, seq_len, pairs, offset=offset)
 
 
-def build_index(root, seq_len: int, pairs: bool = False, workers: int = 1, quiet: bool = True) -> Path:
-    """Build (or find) the index of `root` for rows of `seq_len`; returns its folder."""
+HEADER_BYTES = 128  # a fixed-size .npy header, written last, so rows stream to disk as shards are packed
+
+
+def _npy_header(n_rows: int) -> bytes:
+    text = repr({"descr": "<i8", "fortran_order": False, "shape": (n_rows, ROW_COLUMNS)})
+    body_len = HEADER_BYTES - 10
+    body = (text + " " * (body_len - 1 - len(text)) + "\n").encode("latin1")
+    header = b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+    assert len(header) == HEADER_BYTES, len(header)
+    return header
+
+
+def build_index(root, seq_len: int, pairs: bool = False, workers: int = 1, quiet: bool = True,
+                pool=None) -> Path:
+    """Build (or find) the index of `root` for rows of `seq_len`; returns its folder. Memory stays flat: each
+    shard's rows go to disk as they come (in shard order), from `pool` (a multiprocessing pool) or a new one."""
     from gpt_ds.data.store import read_manifest
 
     root = Path(root)
@@ -57,23 +71,29 @@ def build_index(root, seq_len: int, pairs: bool = False, workers: int = 1, quiet
     table[np.asarray(m["tokenizer"]["sentence_end_ids"], dtype=np.int64)] = True
     offsets = np.concatenate([[0], np.cumsum([s["tokens"] for s in m["shards"]])]).astype(np.int64)
     jobs = [(str(root), i, e, m["dtype"], table, seq_len, pairs, int(offsets[i])) for i, e in enumerate(m["shards"])]
-    if workers > 1 and len(jobs) > 1:
+    own_pool = None
+    if pool is None and workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
-        with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_shard_rows, jobs, chunksize=1)
-    else:
-        parts = [_shard_rows(j) for j in jobs]
-    rows = np.concatenate(parts) if parts else np.zeros((0, ROW_COLUMNS), np.int64)
-    if len(rows) == 0:
-        raise GptDsError(f"store {root} holds no tokens; nothing to index")
-    content = int(m["totals"]["tokens"])
-    meta = {"seq_len": seq_len, "pairs": pairs, "rows": len(rows), "tokens": content,
-            "fill": round(content / (len(rows) * seq_len), 4), "rows_per_shard": [len(p) for p in parts],
-            "key": index_key(m, seq_len, pairs), "packing_version": PACKING_VERSION}
+        pool = own_pool = mp.get_context("fork").Pool(min(workers, len(jobs)))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        np.save(tmp / "rows.npy", rows)
+        per_shard = []
+        with open(tmp / "rows.npy", "wb") as f:
+            f.write(b"\0" * HEADER_BYTES)
+            results = pool.imap(_shard_rows, jobs, chunksize=1) if pool is not None else map(_shard_rows, jobs)
+            for rows in results:
+                f.write(np.ascontiguousarray(rows, dtype="<i8").tobytes())
+                per_shard.append(len(rows))
+            f.seek(0)
+            f.write(_npy_header(sum(per_shard)))
+        n = sum(per_shard)
+        if n == 0:
+            raise GptDsError(f"store {root} holds no tokens; nothing to index")
+        content = int(m["totals"]["tokens"])
+        meta = {"seq_len": seq_len, "pairs": pairs, "rows": n, "tokens": content,
+                "fill": round(content / (n * seq_len), 4), "rows_per_shard": per_shard,
+                "key": index_key(m, seq_len, pairs), "packing_version": PACKING_VERSION}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
         try:
             os.rename(tmp, out)
@@ -82,8 +102,10 @@ def build_index(root, seq_len: int, pairs: bool = False, workers: int = 1, quiet
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if own_pool is not None:
+            own_pool.terminate()
     if not quiet:
-        print(json.dumps({"index": str(out), "rows": len(rows), "fill": meta["fill"],
+        print(json.dumps({"index": str(out), "rows": n, "fill": meta["fill"],
                           "seconds": round(time.perf_counter() - t0, 2)}))
     return out
 
