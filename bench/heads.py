@@ -66,6 +66,8 @@ def worker(args) -> dict:
     """One variant in this (fresh) process: memory on the first full-size step, then timed repeats."""
     import torch
     head, impl = args.worker.split(":")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     e = args.e if head == "gen" else args.h
     small, labels_s = _inputs(head, 64, e, min(args.v, 512), torch.float32)
     _step(head, impl, small, labels_s)  # load kernels and thread pools outside the measurement
@@ -93,7 +95,8 @@ def worker(args) -> dict:
 
 def _spawn(variant: str, args, n: int, repeats: int = 0, against: str = "") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--n", str(n), "--e", str(args.e),
-           "--v", str(args.v), "--h", str(args.h), "--repeats", str(repeats), "--against", against]
+           "--v", str(args.v), "--h", str(args.h), "--repeats", str(repeats), "--against", against,
+           "--threads", str(args.threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if out.returncode != 0:
         raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
@@ -115,7 +118,7 @@ def _status_meminfo(key: str) -> int:
 
 
 def run_cpu(args) -> dict:
-    res = {"device": "cpu", "cpus": os.cpu_count()}
+    res = {"device": "cpu", "cpus": os.cpu_count(), "threads": args.threads or "default"}
     # generator: size the reference from a pilot at N/8, lower N if this machine cannot hold it
     pilot = _spawn("gen:reference", args, args.n // 8)
     per_row = pilot["peak_extra_bytes"] / (args.n // 8)
@@ -247,6 +250,8 @@ def main(argv=None) -> int:
     ap.add_argument("--v", type=int, default=30522)
     ap.add_argument("--h", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed (reference, torch) pairs, alternating")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default); on a "
+                    "shared, loaded machine 1 avoids OpenMP stalls that punish many small ops")
     ap.add_argument("--against", default="", help=argparse.SUPPRESS)
     ap.add_argument("--margin-gb", type=float, default=4.0, help="memory left to others when sizing the reference")
     ap.add_argument("--timeout", type=int, default=1800)
