@@ -397,13 +397,15 @@ def config_fingerprint(cfg: Config) -> str:
 
 
 def model_differences(saved: dict, cfg: Config) -> list[str]:
-    """'section.key: old -> new' for what a checkpoint's config and this one disagree on (keys both know)."""
+    """'section.key: old -> new' for what a checkpoint's config and this one disagree on (keys both know).
+
+    model.vocab_size is left out: 0 means "the tokenizer's"; the caller compares the effective sizes."""
     new = cfg.to_dict()
     out = []
     for sec, keys in (("model", None), ("objective", ("kind", "embedding_sharing"))):
         old_sec = saved.get(sec, {})
         for k, v in new[sec].items():
-            if (keys is None and k in RESUMABLE_MODEL_KEYS) or (keys is not None and k not in keys):
+            if (keys is None and k in RESUMABLE_MODEL_KEYS + ("vocab_size",)) or (keys is not None and k not in keys):
                 continue
             if k in old_sec and old_sec[k] != v:
                 out.append(f"{sec}.{k}: {old_sec[k]!r} -> {v!r}")

@@ -47,8 +47,9 @@ def curve(run_dir: Path) -> None:
               f"{r['disc_loss_prior']:7.4f} {r['disc_auc']:6.3f} {r['tokens_per_s']:8.0f}")
 
 
-def evaluate(export_dir: Path, held_texts: list[str]) -> dict:
-    """Corrupt held-out text with the exported generator; score the exported discriminator on it."""
+def evaluate(export_dir: Path, held_texts: list[str], temperature: float) -> dict:
+    """Corrupt held-out text with the exported generator as training did (same temperature); score the exported
+    discriminator on it."""
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(export_dir / "discriminator")
     gen = AutoModelForMaskedLM.from_pretrained(export_dir / "generator").eval()
@@ -63,7 +64,7 @@ def evaluate(export_dir: Path, held_texts: list[str]) -> dict:
         masked = ids.clone()
         masked[0, pick] = tok.mask_token_id
         with torch.no_grad():
-            probs = torch.softmax(gen(masked).logits[0, pick], -1)
+            probs = torch.softmax(gen(masked).logits[0, pick] / temperature, -1)
             sampled = torch.multinomial(probs, 1, generator=g).squeeze(1)
             corrupted = ids.clone()
             corrupted[0, pick] = sampled
@@ -134,9 +135,11 @@ def main() -> int:
     gpt_ds("export", str(RUN), "--out", str(export_dir), "--verify")
     curve(RUN)
     show_examples(export_dir, held)
-    ev = evaluate(export_dir, held)
+    import yaml
+    temperature = yaml.safe_load((RUN / "config.yaml").read_text())["objective"]["temperature"]
+    ev = evaluate(export_dir, held, temperature)
     print(f"\nheld-out replaced-token detection ({ev['tokens']} tokens of {HELD_OUT} unseen articles, corrupted by "
-          f"the exported generator):\n  AUC {ev['auc']:.3f} (0.5 = chance), RTD loss {ev['rtd_loss']:.4f} vs "
+          f"the exported generator at T={temperature}):\n  AUC {ev['auc']:.3f} (0.5 = chance), RTD loss {ev['rtd_loss']:.4f} vs "
           f"{ev['prior_loss']:.4f} for the all-'original' prior, precision {ev['precision']:.3f}, recall "
           f"{ev['recall']:.3f}, accuracy {ev['accuracy']:.3f} vs {ev['baseline_accuracy']:.3f}")
     (RUN / "demo_eval.json").write_text(json.dumps(ev, indent=1))

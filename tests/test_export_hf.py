@@ -1,0 +1,62 @@
+"""A run on real text with a trained tokenizer exports folders that plain transformers uses end to end."""
+import json
+
+import pytest
+import torch
+
+from test_train import FAST, gpt_ds, metrics
+
+TEXT_RUN = [a for a in FAST if not a.startswith(("data.synthetic", "model.vocab_size"))]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    from gpt_ds.data.corpora import news_articles
+    from gpt_ds.data.tokenizer import train_tokenizer
+    root = tmp_path_factory.mktemp("text")
+    corpus = news_articles(root / "corpus", per_file=100, limit=200)
+    tok = train_tokenizer(corpus, 1000, root / "tok")
+    run = root / "run"
+    gpt_ds("pretrain", "tiny", *TEXT_RUN, f"run.dir={run}", f"data.sources=[{root / 'corpus'}]",
+           f"data.tokenizer={tok}", "train.max_steps=2", "checkpoint.every=100")
+    return root, run, tok
+
+
+def test_export_loads_with_auto_classes_and_pipelines(text_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    root, run, _ = text_run
+    out = tmp_path / "export"
+    info = json.loads(gpt_ds("export", run, "--out", out, "--verify").stdout.strip().splitlines()[-1])
+    assert info["tokenizer"] and info["verify_max_abs_diff"] <= 1e-5
+    for part in ("discriminator", "generator"):
+        tok = AutoTokenizer.from_pretrained(out / part)
+        ids = tok("The president said the economy is growing.")["input_ids"]
+        assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        assert tok.unk_token_id not in ids  # the BertTokenizerFast trap: every word [UNK]
+    fill = pipeline("fill-mask", model=str(out / "generator"))
+    guesses = fill(f"The president said the {fill.tokenizer.mask_token} is growing.", top_k=3)
+    assert len(guesses) == 3 and all(0 <= g["score"] <= 1 for g in guesses)
+    clf = AutoModelForSequenceClassification.from_pretrained(out / "discriminator", num_labels=2)
+    batch = AutoTokenizer.from_pretrained(out / "discriminator")(["a good film", "a bad film"], return_tensors="pt",
+                                                                 padding=True)
+    assert clf(**batch).logits.shape == (2, 2)
+
+
+def test_resume_with_another_tokenizer_is_refused(text_run, tmp_path):
+    from gpt_ds.data.tokenizer import train_tokenizer
+    root, run, _ = text_run
+    other = train_tokenizer(list((root / "corpus").iterdir()), 900, tmp_path / "tok900")
+    p = gpt_ds("pretrain", "tiny", *TEXT_RUN, f"run.dir={run}", f"data.sources=[{root / 'corpus'}]",
+               f"data.tokenizer={other}", "train.max_steps=4", "model.vocab_size=1000", check=False, timeout=120)
+    assert p.returncode == 2 and "another tokenizer" in p.stderr and "Traceback" not in p.stderr
+    assert [r["step"] for r in metrics(run)] == [1, 2]
+
+
+def test_empty_corpus_is_refused(text_run, tmp_path):
+    tok = text_run[2]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("\n\n   \n")
+    p = gpt_ds("pretrain", "tiny", *TEXT_RUN, f"run.dir={tmp_path / 'r'}", f"data.sources=[{tmp_path / 'empty'}]",
+               f"data.tokenizer={tok}", check=False, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert str(tmp_path / "empty") in p.stderr or "a.txt" in p.stderr
