@@ -197,3 +197,22 @@ def test_other_tokenizer_refused(store, corpus, tmp_path):
     ds = open_dataset(_cfg(store, 64))
     assert ds.tokenizer_dir == str(store / "tokenizer")
     assert load_tokenizer(ds.tokenizer_dir)("the man")["input_ids"][0] == 2
+
+
+def test_cli_prepare_inspect_index(corpus, tok_dir, tmp_path, capsys):
+    from gpt_ds.cli import main
+    out = tmp_path / "cli"
+    assert main(["prepare", "--input", str(corpus[0] / "b.jsonl"), "--tokenizer", str(tok_dir), "--out", str(out),
+                 "--workers", "1", "--seq-len", "40", "--quiet"]) == 0
+    made = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert made["documents"] == 12 and made["skipped"]["empty_documents"] == 0
+    assert main(["index", str(out), "--seq-len", "72", "--workers", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"] > 0
+    assert main(["inspect", str(out), "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["documents"] == 12 and info["verified"] and len(info["indexes"]) == 2
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "not a token store" in capsys.readouterr().err
+    assert main(["prepare", "--input", str(tmp_path / "missing.txt"), "--tokenizer", str(tok_dir),
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "missing.txt" in capsys.readouterr().err
