@@ -19,6 +19,7 @@ setup(
         "numpy>=1.26",
         "PyYAML>=6.0",
         "tqdm>=4.60",
+        "psutil>=5.9",
         "tensorboard>=2.15",
         "protobuf>=4",
     ],

@@ -83,8 +83,7 @@ class DataConfig:
     seq_len: int = 128
     synthetic: bool = False  # random token rows (tests, benchmarks); needs model.vocab_size
     synthetic_samples: int = 4096
-    num_workers: int = 0
-    prefetch: int = 2
+    prefetch: int = 2  # steps prepared ahead by the loader's background thread
     # rows as two segments [CLS] A [SEP] B [SEP] (token_type_ids 0 / 1) instead of [CLS] doc [SEP] doc [SEP] ...
     two_segments: bool = False
 
