@@ -103,13 +103,14 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
 
 def load(step_dir: Path, engines, rank: int, world_size: int) -> dict:
     """Loads both engines (with optimizer and scheduler state); returns the trainer state, with this rank's saved
-    RNG state under "rng_state" (None when the world size changed) for the caller to set right before the loop."""
+    RNG state under "rng_state" (None when the world size changed) for the caller to set right before the loop.
+    Saved on another number of ranks, a ZeRO engine loads from a universal copy rank 0 makes once (gpt_ds.zero.reshard).
+    """
+    from gpt_ds.zero import reshard
     state = read_state(step_dir)
-    engines.generator.load_checkpoint(str(step_dir), tag="generator", load_optimizer_states=True,
-                                      load_lr_scheduler_states=True)
-    if engines.discriminator is not None:
-        engines.discriminator.load_checkpoint(str(step_dir), tag="discriminator", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+    named = {"generator": engines.generator, "discriminator": engines.discriminator}
+    for name, how in reshard.prepare(step_dir, named, world_size, rank).items():
+        reshard.load_engine(named[name], step_dir, name, how)
     rng_file = step_dir / "rng" / f"rank_{rank:05d}.pt"
     state["rng_state"] = None
     if state.get("world_size") == world_size and rng_file.is_file():
