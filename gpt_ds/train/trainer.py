@@ -197,6 +197,8 @@ class Trainer:
 def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir: Path) -> None:
     """Refuse, with the differing keys named, a resume that cannot continue the same run."""
     diffs = model_differences(saved.get("config", {}), cfg)
+    if cfg.model.vocab_size and cfg.model.vocab_size != saved.get("vocab_size"):
+        diffs.append(f"model.vocab_size: {saved.get('vocab_size')!r} -> {cfg.model.vocab_size!r}")
     if diffs:
         raise GptDsError(f"checkpoint {step_dir} was saved with a different model config ({'; '.join(diffs)}); "
                          f"resume with the checkpoint's settings or start a new run (run.name=... or "
@@ -205,6 +207,5 @@ def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir:
         raise GptDsError(f"checkpoint {step_dir} used train.global_batch={saved.get('global_batch')}, the run now "
                          f"asks {cfg.train.global_batch}: the sample order and schedule are defined per global batch; "
                          f"keep train.global_batch={saved.get('global_batch')} (change micro_batch/grad_accum instead)")
-    if saved.get("world_size") != world_size:
-        raise GptDsError(f"checkpoint {step_dir} was saved on {saved.get('world_size')} ranks, this run has "
-                         f"{world_size}; resuming ZeRO optimizer state on another number of ranks is not supported yet")
+    from gpt_ds.zero.reshard import check_resumable
+    check_resumable(step_dir, saved, cfg, world_size)  # another number of ranks: converted on load; a stage change: no
