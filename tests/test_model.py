@@ -77,7 +77,7 @@ def test_masking_random_split_and_rank_independence():
 
 def _gen(cfg):
     torch.manual_seed(0)
-    return Generator(generator_config(cfg, V, 0), kernels="reference").eval()
+    return Generator(generator_config(cfg, V, 0), kernels="reference", temperature=cfg.objective.temperature).eval()
 
 
 def test_generator_loss_matches_transformers_and_samples_by_gumbel_max():
