@@ -63,6 +63,8 @@ getent hosts "$MASTER_ADDR" >/dev/null ||
   die "MASTER_ADDR=$MASTER_ADDR (first node of $SLURM_JOB_NODELIST) does not resolve on $(hostname); set MASTER_ADDR"
 MASTER_PORT=$((15000 + SLURM_JOB_ID % 20000))  # = gpt_ds.dist.env.slurm_port
 export MASTER_ADDR MASTER_PORT
+# sbatch exports the submitting shell's environment; ranks come from SLURM, so drop a leftover torchrun set
+unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE
 say "job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: nodes $SLURM_JOB_NODELIST," \
   "${SLURM_NTASKS:-?} tasks, master $MASTER_ADDR:$MASTER_PORT, OMP_NUM_THREADS=$OMP_NUM_THREADS"
 

@@ -113,7 +113,8 @@ def test_expand_nodelist_matches_scontrol_show_hostnames():
 
 def test_export_env_round_trips_through_detect_env(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv(k, "x")  # recorded first, so teardown removes what export_env sets (no leak into
+        monkeypatch.delenv(k)       # later tests' subprocesses, e.g. an sbatch that inherits LOCAL_RANK)
     original = DistEnv(1, 4, 1, 2, 0, 2, "127.0.0.1", 23001, "slurm")
     export_env(original)
     assert os.environ["RANK"] == "1" and os.environ["MASTER_PORT"] == "23001"

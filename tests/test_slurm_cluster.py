@@ -43,7 +43,8 @@ def cluster():
 
 
 def job_env(command: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(
+        ("SLURM_", "RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))}
     env.update(GPT_DS=command, PYTHONPATH=str(ROOT), DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1")
     return env
 
