@@ -20,7 +20,7 @@ RUN = [*FAST, "model.hidden_dropout=0", "model.attention_dropout=0", "train.max_
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory):
     """The run that never changes size: 2 ranks, 4 steps, a checkpoint at step 2 to resume from."""
-    d = tmp_path_factory.mktemp("kept") / "run"
+    d = tmp_path_factory.mktemp("kept") / "lr1e-3+warm2"  # '+': DeepSpeed's converter makes regexes of its paths
     gpt_ds("pretrain", "tiny", *RUN, f"run.dir={d}", "checkpoint.every=2", "checkpoint.keep_last=3", "--nproc", "2")
     return d
 

@@ -87,15 +87,23 @@ def check_resumable(step_dir: Path, saved_state: dict, cfg, world_size: int) -> 
 
 
 def _convert_one(src: Path, out: Path) -> str:
-    """DeepSpeed's converter in this process (one worker: no fork inside a training process); returns its log."""
+    """DeepSpeed's converter in this process (one worker: no fork inside a training process); returns its log.
+
+    The converter builds regular expressions and glob patterns from its folder paths, so a run folder named e.g.
+    'lr3e-4+warm' breaks it; it is handed symlinks with plain names instead (its output still lands in `out`)."""
     import argparse
+    import tempfile
 
     from deepspeed.checkpoint import ds_to_universal
-    args = argparse.Namespace(input_folder=str(src), output_folder=str(out), num_extract_workers=1,
-                              num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True)
     log = io.StringIO()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        ds_to_universal.main(args)
+    with tempfile.TemporaryDirectory(prefix="gpt_ds_universal_") as links:
+        (Path(links) / "in").symlink_to(src.resolve(), target_is_directory=True)
+        (Path(links) / "out").symlink_to(out.parent.resolve(), target_is_directory=True)
+        args = argparse.Namespace(input_folder=f"{links}/in", output_folder=f"{links}/out/{out.name}",
+                                  num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=True)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            ds_to_universal.main(args)
     return log.getvalue()
 
 
