@@ -203,7 +203,8 @@ def _write(writer, entries, item, bar, t0, docs0) -> None:
 
 def _progress_bar():
     from tqdm import tqdm
-    return tqdm(unit=" docs", file=sys.stderr, mininterval=1.0, dynamic_ncols=True, desc="prepare")
+    return tqdm(unit=" docs", file=sys.stderr, mininterval=1.0, dynamic_ncols=True, desc="prepare",
+                disable=not sys.stderr.isatty())  # a job log gets the final JSON summary, not redraws
 
 
 def _load_progress(work: Path, key: str, say) -> dict:
