@@ -34,8 +34,11 @@ def _ours(preset: str, args, run_dir: str):
     loader = StepLoader(trainer.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
                         grad_accum=L.grad_accum, world_size=1, rank=0)
 
+    from gpt_ds.train.metrics import StepStats
+    stats = StepStats(trainer.device)  # as in Trainer.train(): diagnostics stay on the device between log steps
+
     def step():
-        trainer.train_step(loader.next_step())
+        trainer.train_step(loader.next_step(), stats)
         trainer.step += 1
     return cfg, trainer, step, loader
 

@@ -18,28 +18,31 @@ AUC_BINS = 512
 
 
 class StepStats:
-    """Sums over the micro-batches of one step on this rank; reduce() sums them over ranks."""
+    """Sums over the micro-batches since the last log, kept on the device: no host sync in the training step.
 
-    def __init__(self):
-        self.sums = torch.zeros(10, dtype=torch.float64)
-        self.pos_hist = torch.zeros(AUC_BINS, dtype=torch.float64)
-        self.neg_hist = torch.zeros(AUC_BINS, dtype=torch.float64)
+    reduce() sums them over ranks (the one collective, at log steps only) and turns them into rates.
+    """
 
-    def add_generator(self, loss_sum: float, n_masked: int, correct: int, replaced: int) -> None:
-        self.sums[0] += loss_sum
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.sums = torch.zeros(10, dtype=torch.float64, device=device)
+        self.pos_hist = torch.zeros(AUC_BINS, dtype=torch.float64, device=device)
+        self.neg_hist = torch.zeros(AUC_BINS, dtype=torch.float64, device=device)
+
+    def add_generator(self, loss: torch.Tensor, n_masked: int, correct: torch.Tensor, replaced: torch.Tensor) -> None:
+        self.sums[0] += loss.detach().double() * n_masked
         self.sums[1] += n_masked
-        self.sums[2] += correct
-        self.sums[3] += replaced
+        self.sums[2] += correct.sum()
+        self.sums[3] += replaced.sum()
 
-    def add_discriminator(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add_discriminator(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         y = labels.bool()
         pred = logits > 0
-        self.sums[4] += loss_sum
+        self.sums[4] += loss.detach().double() * logits.numel()
         self.sums[5] += logits.numel()
-        self.sums[6] += (pred == y).sum().item()
-        self.sums[7] += (pred & y).sum().item()  # true positives
-        self.sums[8] += pred.sum().item()  # predicted replaced
-        self.sums[9] += y.sum().item()  # actually replaced
+        self.sums[6] += (pred == y).sum()
+        self.sums[7] += (pred & y).sum()  # true positives
+        self.sums[8] += pred.sum()  # predicted replaced
+        self.sums[9] += y.sum()  # actually replaced
         bins = (torch.sigmoid(logits.double()) * AUC_BINS).long().clamp(0, AUC_BINS - 1)
         self.pos_hist += torch.bincount(bins[y], minlength=AUC_BINS).double()
         self.neg_hist += torch.bincount(bins[~y], minlength=AUC_BINS).double()
@@ -48,6 +51,7 @@ class StepStats:
         packed = torch.cat([self.sums, self.pos_hist, self.neg_hist])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(packed)
+        packed = packed.cpu()
         s, pos, neg = packed[:10], packed[10:10 + AUC_BINS], packed[10 + AUC_BINS:]
         out = {}
         if s[1] > 0:

@@ -99,7 +99,8 @@ class Trainer:
                                                     micro_batch=L.micro_batch, world_size=L.world_size,
                                                     rank=self.rank))
 
-    def train_step(self, micro_batches: list[dict]) -> dict:
+    def train_step(self, micro_batches: list[dict], stats: StepStats | None = None) -> dict:
+        """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
         o, L = self.cfg.objective, self.layout
         gen, disc = self.engines.generator, self.engines.discriminator
         masked = [self._mask(b, self._sample_numbers(self.step, a)) for a, b in enumerate(micro_batches)]
@@ -109,7 +110,8 @@ class Trainer:
             dist.all_reduce(counts)
         total_masked, total_tokens = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
         factor = L.world_size * L.grad_accum  # DeepSpeed divides by both; the global normalisation undoes it
-        stats = StepStats()
+        own_stats = stats is None
+        stats = StepStats(self.device) if own_stats else stats
         sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
         for batch, mk in zip(micro_batches, masked):
             dev = {k: v.to(self.device) for k, v in batch.items()}
@@ -118,19 +120,25 @@ class Trainer:
                     dev["input_ids"], sample_seed)
             n = mk.num_masked
             replaced = (g.sampled != mk.targets.to(self.device))
-            stats.add_generator(g.loss.item() * n, n, int(g.correct.sum()), int(replaced.sum()))
+            stats.add_generator(g.loss, n, g.correct, replaced)
             gen_weight = 1.0 if disc is None else o.gen_weight
             if disc is not None:
                 labels = (g.corrupted_ids != dev["input_ids"]).long()
                 d = disc(g.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels, g.base_embeds)
                 t = d.logits.numel()
-                stats.add_discriminator(d.loss.item() * t, d.logits.float().cpu(), d.labels.cpu())
+                stats.add_discriminator(d.loss, d.logits.float(), d.labels)
             gen.backward(g.loss * (gen_weight * n / total_masked * factor))
             if disc is not None:
                 disc.backward(d.loss * (o.disc_weight * t / total_tokens * factor))
             gen.step()
             if disc is not None:
                 disc.step()
+        return self.summarize(stats) if own_stats else {}
+
+    def summarize(self, stats: StepStats) -> dict:
+        """The record of the steps accumulated in `stats` (a collective: every rank calls it)."""
+        o = self.cfg.objective
+        gen, disc = self.engines.generator, self.engines.discriminator
         out = stats.reduce()
         loss = out.get("gen_loss", 0.0) * (1.0 if disc is None else o.gen_weight)
         if disc is not None:
@@ -158,12 +166,15 @@ class Trainer:
         exit_code = 0
         t_last, steps_since = time.perf_counter(), 0
         try:
+            stats = StepStats(self.device)
             for self.step in range(self.step, cfg.train.max_steps):
-                record = self.train_step(loader.next_step())
+                self.train_step(loader.next_step(), stats)
                 self.step += 1
                 steps_since += 1
                 logger.advance()
                 if self.step % cfg.logging.every == 0 or self.step == cfg.train.max_steps:
+                    record = self.summarize(stats)  # means over the steps since the last record
+                    stats = StepStats(self.device)
                     dt = (time.perf_counter() - t_last) / steps_since
                     record["step_time_s"] = dt
                     record["tokens_per_s"] = self.flops["tokens"] / dt
