@@ -124,7 +124,6 @@ def loader_samples_per_s(store: Path, steps: int = 40) -> tuple[float, float]:
 
 def loader_wait_fraction(store: Path, steps: int = 4) -> float:
     """Train-like loop (forward + backward per micro-batch) with the prefetching loader: share of time waiting."""
-    import torch
     from transformers import ElectraConfig, ElectraForPreTraining
     from gpt_ds.config import load_config
     from gpt_ds.data import open_dataset

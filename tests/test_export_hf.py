@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from test_train import FAST, gpt_ds, metrics
 

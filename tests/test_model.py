@@ -1,9 +1,7 @@
 """The towers and the masking against plain transformers computations on the same weights."""
 import math
 
-import pytest
 import torch
-import torch.nn.functional as F
 from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
 from gpt_ds.config import load_config
