@@ -107,6 +107,8 @@ class TrainConfig:
     grad_accum: int = 1
     max_steps: int = 1_000_000
     stop_at: int = 0  # stop (with a checkpoint) once this step is done, keeping the max_steps schedule; 0: never
+    # recompute each encoder layer in the backward instead of keeping its activations (gpt-ds estimate says when)
+    activation_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 

@@ -159,3 +159,25 @@ def test_gdes_isolation_and_merged_export_equivalence():
     with torch.no_grad():
         ref = hf(g.corrupted_ids, attention_mask=att, token_type_ids=tt)
     assert torch.allclose(d2.logits, ref.logits[att.bool()], atol=1e-5)
+
+
+def test_activation_checkpointing_keeps_fewer_activations():
+    from gpt_ds.train.engines import build_models
+
+    def saved_bytes(cfg):
+        gen, disc = build_models(cfg, V, 0, seed=0)
+        disc.train()
+        ids, att = rows(4)
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            disc(ids, att, torch.zeros_like(ids), torch.zeros_like(ids),
+                 torch.zeros(4, L, cfg.model.embedding_size) if disc.gdes else None)
+        return total[0]
+
+    plain = saved_bytes(tiny_cfg(**{"model.num_layers": 4}))
+    ckpt = saved_bytes(tiny_cfg(**{"model.num_layers": 4, "train.activation_checkpointing": "true"}))
+    assert ckpt < 0.5 * plain, (ckpt, plain)

@@ -145,3 +145,16 @@ def test_mlm_baseline_trains_and_exports_an_encoder(tmp_path):
     conf = AutoConfig.from_pretrained(tmp_path / "out" / "generator")
     assert conf.hidden_size == 64 and conf.num_hidden_layers == 1  # the full-size encoder, not a 1/4 generator
     assert not (tmp_path / "out" / "discriminator").exists()
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
+    """Same losses and gradient norms with the layers recomputed in the backward (dropout on: its RNG is replayed)."""
+    common = ["pretrain", "tiny", *FAST, "model.num_layers=2", "train.max_steps=3", "checkpoint.every=100",
+              "deepspeed.generator=ds_configs/zero3_fp32.json"]
+    gpt_ds(*common, f"run.dir={tmp_path / 'plain'}")
+    gpt_ds(*common, f"run.dir={tmp_path / 'ckpt'}", "train.activation_checkpointing=true")
+    a, b = metrics(tmp_path / "plain"), metrics(tmp_path / "ckpt")
+    for key in ("loss", "gen_loss", "disc_loss", "gen_grad_norm", "disc_grad_norm"):
+        for s in (1, 2, 3):
+            x, y = by_step(a, key)[s], by_step(b, key)[s]
+            assert abs(x - y) <= 1e-6 * max(1.0, abs(y)), (key, s, x, y)

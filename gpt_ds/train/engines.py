@@ -36,6 +36,10 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int) -> tuple[
     disc = None
     if cfg.objective.kind == "electra":
         disc = Discriminator(discriminator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels, gdes=gdes)
+    if cfg.train.activation_checkpointing:
+        for tower in (gen.mlm, disc.pt if disc is not None else None):
+            if tower is not None:  # non-reentrant: works with ZeRO-3's hooks and keeps dropout's RNG stream
+                tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.position_init == "sinusoidal":
         tables = [gen.mlm.electra.embeddings.position_embeddings.weight]
         if disc is not None and not gdes:  # under GDES the discriminator's table is a zero delta on the generator's

@@ -156,5 +156,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"\nrecommended: {rec['preset']} ({rec['option']}"
           f"{', with activation checkpointing' if rec['activation_checkpointing'] else ''}); set "
-          f"deepspeed.generator and deepspeed.discriminator to it")
+          f"deepspeed.generator and deepspeed.discriminator to it"
+          f"{' and train.activation_checkpointing=true' if rec['activation_checkpointing'] else ''}")
     return 0
