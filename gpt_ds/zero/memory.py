@@ -92,13 +92,7 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
         st.gpu["params"] = k * psi
         st.gpu["grads"] = k * sum(_touching_partition(g, world) for g in t.groups if g)
         st.gpu["buffers"] = k * reduce_bucket
-        states = {"master": 4 * part, "moments": 8 * part}
-        if opt.offload == "none":
-            st.gpu["optimizer"] = sum(states.values())
-            if mixed:
-                st.gpu_transient["fp32 grads at step"] = 4 * part
-        else:
-            st.cpu.update(states, **{"fp32 grads": 4 * part})
+        _partitioned_optimizer(st, opt, part, mixed)
         return st
     sizes = [n for g in t.groups for n in g]
     part = sum(_ceil(n, world) for n in sizes)
@@ -111,13 +105,7 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
         st.gpu.update(params)
     st.gpu["grads"] = k * part
     st.gpu["buffers"] = k * reduce_bucket
-    states = {"master": 4 * part, "moments": 8 * part}
-    if opt.offload == "none":
-        st.gpu["optimizer"] = sum(states.values())
-        if mixed:
-            st.gpu_transient["fp32 grads at step"] = 4 * part
-    else:
-        st.cpu.update(states, **{"fp32 grads": 4 * part})
+    _partitioned_optimizer(st, opt, part, mixed)
     st.gpu_transient["gathered params"] = k * (t.largest_module + prefetch_bucket)
     return st
 
@@ -126,3 +114,14 @@ def auto_buckets(hidden: int) -> dict:
     """The values gpt_ds fills for "auto" (gpt_ds.train.ds_config), scaled from the engine's hidden size."""
     return {"reduce_bucket": hidden * hidden, "prefetch_bucket": int(0.9 * hidden * hidden),
             "persistence": 10 * hidden}
+
+
+def _partitioned_optimizer(st, opt, part: int, mixed: bool) -> None:
+    """fp32 master + Adam moments of this rank's partition: on the GPU, or in CPU memory when offloaded."""
+    states = {"master": 4 * part, "moments": 8 * part}
+    if opt.offload == "none":
+        st.gpu["optimizer"] = sum(states.values())
+        if mixed:
+            st.gpu_transient["fp32 grads at step"] = 4 * part
+    else:
+        st.cpu.update(states, **{"fp32 grads": 4 * part})
