@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -387,14 +386,6 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 # Model keys that do not change what a checkpoint holds: a resume may change them.
 RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init")
-
-
-def config_fingerprint(cfg: Config) -> str:
-    """Hash of what fixes the model's shapes: a resume with a different one is refused."""
-    import hashlib
-    keep = {"model": {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in RESUMABLE_MODEL_KEYS},
-            "objective.kind": cfg.objective.kind, "objective.embedding_sharing": cfg.objective.embedding_sharing}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_differences(saved: dict, cfg: Config) -> list[str]:

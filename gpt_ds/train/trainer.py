@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from gpt_ds import __version__
-from gpt_ds.config import Config, batch_layout, config_fingerprint, dump_config, model_differences
+from gpt_ds.config import Config, batch_layout, dump_config, model_differences
 from gpt_ds.data import open_dataset
 from gpt_ds.data.loader import StepLoader, step_sample_numbers
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
@@ -64,7 +64,7 @@ class Trainer:
         return {"step": self.step, "consumed_samples": self.step * self.layout.global_batch,
                 "world_size": self.world_size, "global_batch": self.layout.global_batch,
                 "micro_batch": self.layout.micro_batch, "grad_accum": self.layout.grad_accum,
-                "config": self.cfg.to_dict(), "config_fingerprint": config_fingerprint(self.cfg),
+                "config": self.cfg.to_dict(),
                 "tokenizer_fingerprint": ds.tokenizer_fingerprint, "tokenizer_dir": ds.tokenizer_dir,
                 "vocab_size": self.vocab_size, "pad_id": ds.pad_id, "mask_id": ds.mask_id, "gpt_ds_version": __version__}
 
@@ -99,7 +99,7 @@ class Trainer:
                                                     micro_batch=L.micro_batch, world_size=L.world_size,
                                                     rank=self.rank))
 
-    def train_step(self, micro_batches: list[dict], stats: StepStats | None = None) -> dict:
+    def train_step(self, micro_batches: list[dict], stats: StepStats) -> None:
         """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
         o, L = self.cfg.objective, self.layout
         gen, disc = self.engines.generator, self.engines.discriminator
@@ -110,8 +110,6 @@ class Trainer:
             dist.all_reduce(counts)
         total_masked, total_tokens = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
         factor = L.world_size * L.grad_accum  # DeepSpeed divides by both; the global normalisation undoes it
-        own_stats = stats is None
-        stats = StepStats(self.device) if own_stats else stats
         sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
         for batch, mk in zip(micro_batches, masked):
             dev = {k: v.to(self.device) for k, v in batch.items()}
@@ -133,7 +131,6 @@ class Trainer:
             gen.step()
             if disc is not None:
                 disc.step()
-        return self.summarize(stats) if own_stats else {}
 
     def summarize(self, stats: StepStats) -> dict:
         """The record of the steps accumulated in `stats` (a collective: every rank calls it)."""
