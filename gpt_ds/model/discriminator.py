@@ -8,6 +8,7 @@ from torch import nn
 from transformers import ElectraConfig, ElectraForPreTraining
 
 from gpt_ds.kernels import discriminator_head
+from gpt_ds.kernels.encoder import install_fast_paths
 
 
 class DiscriminatorOutput(NamedTuple):
@@ -20,6 +21,8 @@ class Discriminator(nn.Module):
     def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False):
         super().__init__()
         self.pt = ElectraForPreTraining(config)
+        if kernels != "reference":
+            install_fast_paths(self.pt)
         self.kernels = kernels
         self.gdes = gdes
         if gdes:

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM
 
 from gpt_ds.kernels import generator_head
+from gpt_ds.kernels.encoder import install_fast_paths
 
 
 class GeneratorOutput(NamedTuple):
@@ -23,6 +24,8 @@ class Generator(nn.Module):
                  disallow_correct: bool = False, share_embeddings: bool = False):
         super().__init__()
         self.mlm = ElectraForMaskedLM(config)
+        if kernels != "reference":
+            install_fast_paths(self.mlm)
         self.kernels = kernels
         self.temperature = temperature
         self.disallow_correct = disallow_correct

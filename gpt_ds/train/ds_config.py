@@ -103,6 +103,9 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
                 found.append(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim."
                              f"{'beta1/beta2' if key == 'betas' else key} = {value!r}; remove it or use \"auto\"")
             params[key] = value
+        if (str(opt.get("type", "")).lower() in ("adam", "adamw") and params.get("torch_adam")
+                and "fused" not in params and "foreach" not in params):
+            params["fused"] = True  # torch's fused AdamW: one kernel per tensor, 3.5x the default loop on the CPU
     if "scheduler" in ds:
         found.append(f"{where}: has a 'scheduler' section; gpt_ds owns the schedule (optim.warmup_steps, "
                      f"train.max_steps): remove it")
