@@ -3,8 +3,10 @@
 gpt_ds: the Trainer's own train_step (DeepSpeed engines, masked-only generator head, fused heads via model.kernels).
 Reference: ElectraForMaskedLM over all positions + ElectraForPreTraining (embeddings shared), Gumbel-max sampling
 from the masked positions' softmax, loss = gen + 50 * disc, one AdamW over both. Both are timed alternately in this
-process (median of --steps after one warm-up step each). MFU = gpt_ds's counted FLOPs (gpt_ds.train.flops) per second
-over this machine's matmul rate measured in the same run. Last line: one JSON object.
+process, each round followed by a sample of this machine's 1024^2 fp32 matmul rate; speedup and MFU (gpt_ds's counted
+FLOPs, gpt_ds.train.flops, per second over that rate) are medians of the per-round ratios (--steps rounds after one
+warm-up); matmul_time_share (one profiled step) says how much of the step the matmuls take, and
+matmul_rate_vs_peak how fast they run. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _reference(cfg, vocab: int, args):
     disc = ElectraForPreTraining(discriminator_config(cfg, vocab, 0))
     disc.electra.embeddings.word_embeddings = gen.electra.embeddings.word_embeddings
     params = {id(p): p for p in list(gen.parameters()) + list(disc.parameters())}.values()
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # transformers.Trainer's default optimizer (torch >= 2.8)
     g = torch.Generator().manual_seed(0)
 
     def step():
@@ -72,30 +74,52 @@ def _reference(cfg, vocab: int, args):
     return step
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm")
+
+
+def _matmul_share(step) -> float:
+    """Share of one gpt_ds step's operator time spent in matmuls (the rest bounds what MFU can reach)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / total
+
+
 def measure(preset: str, args) -> dict:
+    """Rounds of (gpt_ds step, reference step, matmul-rate sample): ratios are taken within a round, then the median,
+    so a load change on a shared machine moves both sides of each ratio together."""
     import deepspeed
     import torch
     from gpt_ds.train.flops import measure_matmul_flops
     with tempfile.TemporaryDirectory() as tmp:
         cfg, trainer, ours, loader = _ours(preset, args, tmp)
         ref = _reference(cfg, trainer.vocab_size, args)
-        times = {"gpt_ds": [], "hf": []}
+        times = {"gpt_ds": [], "hf": [], "peak": []}
         for i in range(args.steps + 1):
             for name, fn in (("gpt_ds", ours), ("hf", ref)):
                 t0 = time.perf_counter()
                 fn()
                 if i:
                     times[name].append(time.perf_counter() - t0)
+            if i:
+                times["peak"].append(measure_matmul_flops())
+        share = _matmul_share(ours)
         loader.close()
-    peak = measure_matmul_flops()
+    flop = trainer.flops["total"]
     med = {k: statistics.median(v) for k, v in times.items()}
+    speedup = statistics.median(h / o for h, o in zip(times["hf"], times["gpt_ds"]))
+    mfu = statistics.median(flop / o / p for o, p in zip(times["gpt_ds"], times["peak"]))
     tokens = args.batch * args.seq_len
     del deepspeed, torch
     return {f"{preset}_gpt_ds_tokens_per_s": tokens / med["gpt_ds"], f"{preset}_hf_tokens_per_s": tokens / med["hf"],
-            f"{preset}_speedup_vs_hf": med["hf"] / med["gpt_ds"], f"{preset}_step_gflop": trainer.flops["total"] / 1e9,
-            f"{preset}_measured_peak_gflops": peak / 1e9,
-            f"{preset}_mfu_vs_measured_peak": trainer.flops["total"] / med["gpt_ds"] / peak,
-            f"{preset}_times_s": times}
+            f"{preset}_speedup_vs_hf": speedup, f"{preset}_step_gflop": flop / 1e9,
+            f"{preset}_measured_peak_gflops": med["peak"] / 1e9,
+            f"{preset}_mfu_vs_measured_peak": mfu,
+            f"{preset}_matmul_time_share": share,
+            f"{preset}_matmul_rate_vs_peak": flop / (share * med["gpt_ds"]) / med["peak"],
+            f"{preset}_times_s": {k: v for k, v in times.items() if k != "peak"}}
 
 
 def main(argv=None) -> int:
@@ -103,7 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", default="tiny,electra-small")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--kernels", default="auto")
