@@ -13,7 +13,7 @@ import re
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
-from gpt_ds.zero.sizes import activation_bytes, head_workspace, towers, vocab_size
+from gpt_ds.zero.sizes import activation_bytes, head_impl, head_workspace, towers, vocab_size
 
 GIB = 1 << 30
 
@@ -28,14 +28,19 @@ def parse_bytes(text: str) -> int:
 
 def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: float = 0.4,
              peak_tflops: float = 312.0, comm_gbs: float = 25.0, pcie_gbs: float = 12.0, headroom: float = 0.9,
-             flash: bool | None = None) -> dict:
-    """Everything `gpt-ds estimate` prints, as a dict (bytes, seconds, FLOPs)."""
+             flash: bool | None = None, on_gpu: bool = True) -> dict:
+    """Everything `gpt-ds estimate` prints, as a dict (bytes, seconds, FLOPs).
+
+    `on_gpu=False` estimates a run whose engines live in CPU memory (the CPU runs that check this estimate): the heads
+    run their chunked-PyTorch path and torch's AdamW its per-tensor path, as they do there."""
     from gpt_ds.train.flops import step_flops
     world = nodes * gpus_per_node
     layout = batch_layout(cfg, world)
     prec = cfg.train.precision
     act = 4 if prec == "fp32" else 2
-    flash = prec != "fp32" if flash is None else flash
+    if flash is None:  # CUDA: SDPA's flash / memory-efficient kernels (fp32 counted on the math path, to be safe);
+        # CPU: gpt_ds's math attention with dropout, SDPA's fused CPU kernel without
+        flash = prec != "fp32" if on_gpu else cfg.model.attention_dropout == 0
     v = vocab_size(cfg)
     tws = towers(cfg, v)
     flops = step_flops(cfg, v)
@@ -44,7 +49,7 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
     for opt in OPTIONS:
         for ckpt in (False, True):
             rows.append(_option_row(cfg, tws, opt, ckpt, prec, act, world, gpus_per_node, layout, gpu_mem * headroom,
-                                    flash, compute_s, comm_gbs, pcie_gbs))
+                                    flash, compute_s, comm_gbs, pcie_gbs, on_gpu))
     order = {o.label: i for i, o in enumerate(OPTIONS)}  # equal times: the simpler option first
     rows.sort(key=lambda r: (not r["fits"], round(r["step_time_s"], 4), order[r["option"]], r["peak_gpu_bytes"]))
     fitting = [r for r in rows if r["fits"]]
@@ -68,23 +73,20 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
 
 
 def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout, usable, flash, compute_s,
-                comm_gbs, pcie_gbs) -> dict:
+                comm_gbs, pcie_gbs, on_gpu=True) -> dict:
     engines = {}
-    steady = acts = 0
-    transient = 0
-    cpu = 0
+    per = []
     comm_bytes = pcie_bytes = 0.0
     k = 4 if prec == "fp32" else 2
+    impl = head_impl(cfg.model.kernels, on_gpu)
     for t in tws:
-        st = model_states(t, opt, prec, world, **auto_buckets(t.hidden))
+        st = model_states(t, opt, prec, world, **auto_buckets(t.hidden), on_gpu=on_gpu)
         a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash)
-        ws = head_workspace(t, cfg, layout.micro_batch, act)
-        engines[t.name] = {"gpu": st.gpu, "cpu": st.cpu, "gpu_transient": st.gpu_transient, "activations": a,
+        ws = head_workspace(t, cfg, layout.micro_batch, act, impl)
+        engines[t.name] = {"gpu": st.gpu, "cpu": st.cpu, "gpu_transient": st.gpu_transient, "step_gpu": st.step_gpu,
+                           "released_at_step": list(st.released), "activations": a,
                            "head_workspace": ws}
-        steady += st.gpu_steady
-        acts += a
-        cpu += st.cpu_total
-        transient = max(transient, ws + sum(st.gpu_transient.values()))  # the engines compute one at a time
+        per.append((t.name, st, a, ws))
         ring = (world - 1) / world
         psi = t.params
         if opt.stage == 3:
@@ -97,13 +99,64 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
             pcie_bytes += 2 * k * psi / world  # grads down, updated params up
         if opt.offload == "param":
             pcie_bytes += 2 * k * psi / world * layout.grad_accum  # partitions fetched for forward and backward
-    peak = steady + acts + transient
+    phases = peak_phases(per, layout.grad_accum)
+    top = max(phases, key=lambda p: p["gpu"])
+    one = max(phases, key=lambda p: p["gpu"] + p["cpu"])
+    steady = sum(st.gpu_steady for _, st, _, _ in per)
+    cpu = sum(st.cpu_total for _, st, _, _ in per)
     compute = compute_s * (4 / 3 if ckpt else 1)  # checkpointing re-runs the forward
     step = compute + comm_bytes / (comm_gbs * 1e9) + pcie_bytes / (pcie_gbs * 1e9)
     return {"option": opt.label, "preset": opt.preset(prec), "activation_checkpointing": ckpt,
-            "peak_gpu_bytes": int(peak), "model_state_gpu_bytes": int(steady), "activation_bytes": int(acts),
-            "transient_gpu_bytes": int(transient), "cpu_bytes_per_node": int(cpu * gpn),
-            "fits": peak <= usable, "step_time_s": step, "compute_s": compute, "engines": engines}
+            "peak_gpu_bytes": int(top["gpu"]), "peak_phase": top["phase"],
+            "peak_one_memory_bytes": int(one["gpu"] + one["cpu"]),
+            "model_state_gpu_bytes": int(steady), "activation_bytes": int(sum(a for _, _, a, _ in per)),
+            "transient_gpu_bytes": int(top["transient"]), "cpu_bytes_per_node": int(cpu * gpn),
+            "fits": top["gpu"] <= usable, "step_time_s": step, "compute_s": compute, "engines": engines,
+            "phases": phases}
+
+
+def peak_phases(per: list, grad_accum: int) -> list[dict]:
+    """Bytes alive at the high point of each phase of gpt_ds's training step, in the Trainer's order: generator
+    forward, discriminator forward, generator backward (its start, then its end, where gradients are on their way to
+    a reduction), discriminator backward (likewise), generator step, discriminator step.
+
+    `per`: (name, States, activation bytes, head workspace) per engine, generator first. A phase holds the persistent
+    states; the activations, and the parameters ZeRO-3 keeps gathered, of every engine whose backward has not run;
+    the gradients no step has freed yet (with gradient accumulation every engine's, carried between micro-batches);
+    and its own transients: the head's workspace and ZeRO-3's gathering while computing, the reduction's buffers as
+    a backward ends, the fp32 gradient copy while stepping. `gpu` is device memory; `cpu` what the engines hold in
+    CPU memory meanwhile (offload).
+    """
+    persistent = sum(st.gpu_persistent for _, st, _, _ in per)
+    cpu = sum(st.cpu_total for _, st, _, _ in per)
+    accumulating = grad_accum > 1
+    out = []
+
+    def add(phase, states, acts, transient):
+        out.append({"phase": phase, "gpu": states + acts + transient, "states": states, "activations": acts,
+                    "transient": transient, "cpu": cpu})
+
+    def acts(engines):
+        return sum(a for _, _, a, _ in engines)
+
+    def kept(engines):
+        return sum(sum(st.gpu_kept.values()) for _, st, _, _ in engines)
+
+    def grads(engines):
+        return sum(st.gpu_released for _, st, _, _ in engines)
+    carried = grads(per) if accumulating else 0
+    for i, (name, st, _, ws) in enumerate(per):
+        computing = sum(st.gpu_transient.values())
+        add(f"{name} forward", persistent + carried, acts(per[:i + 1]), kept(per[:i + 1]) + ws["forward"] + computing)
+    for i, (name, st, _, ws) in enumerate(per):
+        done = carried or grads(per[:i])  # engines whose backward has run hold their gradients until their step
+        add(f"{name} backward", persistent + done, acts(per[i:]), kept(per[i:]) + ws["backward"]
+            + sum(st.gpu_transient.values()))
+        add(f"{name} backward end", persistent + (carried or grads(per[:i + 1])), acts(per[i + 1:]),
+            kept(per[i + 1:]) + sum(st.end_of_backward.values()))
+    for i, (name, st, _, _) in enumerate(per):
+        add(f"{name} step", persistent + grads(per[i:]), 0, sum(st.step_gpu.values()))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
@@ -143,13 +196,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name}: {e['params'] / 1e6:.2f} M params, largest module {e['largest_module_params'] / 1e6:.2f} M")
     print(f"  FLOPs/step: generator {f['generator']:.3g} + discriminator {f['discriminator']:.3g} + sampling "
           f"{f['sampling']:.3g} = {f['total']:.3g}; at MFU {args.mfu} of {args.peak_tflops} TFLOP/s per GPU")
-    print(f"\n  {'option':<28}{'ckpt':>5}{'states':>9}{'activ':>9}{'transnt':>9}{'peak':>9}{'CPU/node':>10}"
-          f"{'step s':>9}  fits  preset   (GiB per GPU)")
+    print(f"\n  {'option':<28}{'ckpt':>5}{'states':>9}{'activ':>9}{'transnt':>9}{'peak':>9}  {'peak during':<23}"
+          f"{'CPU/node':>9}{'step s':>9}  fits  preset   (GiB per GPU)")
     for r in est["options"]:
         print(f"  {r['option']:<28}{'yes' if r['activation_checkpointing'] else 'no':>5}"
               f"{_gib(r['model_state_gpu_bytes'])} {_gib(r['activation_bytes'])} {_gib(r['transient_gpu_bytes'])} "
-              f"{_gib(r['peak_gpu_bytes'])} {_gib(r['cpu_bytes_per_node'])} {r['step_time_s']:8.3f}  "
-              f"{'yes ' if r['fits'] else 'no  '}  {r['preset']}")
+              f"{_gib(r['peak_gpu_bytes'])}  {r['peak_phase']:<22}{_gib(r['cpu_bytes_per_node'])} "
+              f"{r['step_time_s']:8.3f}  {'yes ' if r['fits'] else 'no  '}  {r['preset']}")
     rec = est["recommended"]
     if rec is None:
         print("\nnothing fits: lower train.micro_batch (raise train.grad_accum), add GPUs, or shorten data.seq_len")

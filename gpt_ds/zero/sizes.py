@@ -1,9 +1,16 @@
 """Shapes of both towers (exact, from transformers on the meta device) and their activation bytes per micro-batch.
 
-The activation counts are per token and per layer, fitted term by term to the tensors autograd saves in a
-transformers 5 ELECTRA layer (tests/test_zero_estimate.py re-measures them with saved-tensor hooks):
-10H + 2I values per token and layer, 3 x heads x seq_len more when attention runs the plain ("math") path that keeps
-the probabilities (flash/memory-efficient kernels keep a log-sum-exp per head instead), and 4 fp32 layer-norm stats.
+The activation counts are per token and per layer, the tensors autograd saves in a transformers 5 ELECTRA layer
+(tests/test_zero_estimate.py re-measures them with saved-tensor hooks): 8H + 2I values (layer input, Q, K, V,
+context, the two LayerNorm inputs, the first LayerNorm's output, the FFN's two I-wide tensors), 4 fp32 LayerNorm
+stats, and with dropout one byte per element of each dropout's mask (2H, plus heads x seq_len on the attention
+probabilities). Attention on the plain ("math") path keeps the probabilities, and with dropout also the dropped ones;
+flash / memory-efficient kernels keep a log-sum-exp per head instead. Masks are bool as CUDA's fused dropout and
+gpt_ds's CPU dropout (gpt_ds.kernels.encoder) keep them; stock torch dropout on the CPU keeps an fp32 mask.
+
+The fused heads' workspace (what their forward and backward allocate beyond the saved activations) is counted per
+implementation: the chunked-PyTorch heads hold a few row-block x vocabulary-chunk tiles, the Triton kernels keep their
+tiles on chip; both hold fp32 gradient accumulators for the head's input and weights.
 """
 from __future__ import annotations
 
@@ -12,8 +19,10 @@ from dataclasses import dataclass
 
 from gpt_ds.config import Config, ConfigError
 
-TILE_BYTES = 4 << 20  # the fused heads' fp32 tiles (gpt_ds.kernels: 1M elements each)
-TILES_LIVE = 3  # logits tile + its softmax/gradient + the noise tile
+TILE_ELEMS = 1 << 20  # the chunked heads' fp32 tiles: at most 1M elements (gpt_ds.kernels.*_torch)
+TILE_ROWS = 1024  # the generator head's row block
+GEN_TILES = {"forward": 3, "backward": 2}  # logits, Gumbel noise, logits / T | logits -> gradient, gather temporaries
+DISC_BLOCKS = {"forward": 2, "backward": 3}  # pre-activation, GELU | pre, GELU x d, d(pre)
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,7 @@ class Tower:
     vocab: int
     groups: tuple  # per optimizer param group (decay, no-decay): tuple of parameter sizes in order
     largest_module: int  # parameters of the largest leaf module (ZeRO-3 gathers it whole)
+    largest_param: int = 0  # elements of the largest parameter tensor
 
     @property
     def params(self) -> int:
@@ -80,7 +90,8 @@ def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
     for name, h, layers, heads, ffn in specs:
         decay, no_decay, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn,
                                                m.max_position_embeddings)
-        out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, (decay, no_decay), largest))
+        out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, (decay, no_decay), largest,
+                         max(decay + no_decay)))
     return out
 
 
@@ -90,13 +101,18 @@ def masked_rows(cfg: Config, micro: int) -> int:
 
 
 def encoder_activation_bytes(t: Tower, micro: int, seq_len: int, act_bytes: int, *, checkpointing: bool,
-                             flash: bool) -> int:
+                             flash: bool, hidden_dropout: bool = True, attention_dropout: bool = True) -> int:
     """Bytes autograd keeps from the embeddings and encoder layers of one micro-batch until its backward."""
     s = seq_len
     tokens = micro * s
-    attn = 4 * t.heads if flash else 3 * act_bytes * t.heads * s
-    layer = act_bytes * (10 * t.hidden + 2 * t.ffn) + attn + 16
-    emb = act_bytes * (2 * t.embedding + (t.embedding if t.embedding != t.hidden else 0)) + 13 * 4
+    if flash:
+        attn = 4 * t.heads  # log-sum-exp per head (the dropout RNG state is a few bytes)
+    else:
+        attn = t.heads * s * (act_bytes + ((act_bytes + 1) if attention_dropout else 0))  # probs, dropped, mask
+    masks = 2 * t.hidden if hidden_dropout else 0
+    layer = act_bytes * (8 * t.hidden + 2 * t.ffn) + masks + attn + 16
+    emb = act_bytes * (t.embedding + (t.embedding if t.embedding != t.hidden else 0)) + 13 * 4
+    emb += t.embedding if hidden_dropout else 0
     if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
         enc = tokens * (emb + t.layers * act_bytes * t.hidden + layer)
     else:
@@ -107,7 +123,9 @@ def encoder_activation_bytes(t: Tower, micro: int, seq_len: int, act_bytes: int,
 def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool,
                      flash: bool) -> int:
     """Bytes autograd keeps from one micro-batch's forward of tower `t` until its backward (encoder + head)."""
-    enc = encoder_activation_bytes(t, micro, cfg.data.seq_len, act_bytes, checkpointing=checkpointing, flash=flash)
+    m = cfg.model
+    enc = encoder_activation_bytes(t, micro, cfg.data.seq_len, act_bytes, checkpointing=checkpointing, flash=flash,
+                                   hidden_dropout=m.hidden_dropout > 0, attention_dropout=m.attention_dropout > 0)
     tokens = micro * cfg.data.seq_len
     if t.name == "generator":
         rows = masked_rows(cfg, micro)
@@ -119,12 +137,32 @@ def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, check
     return int(enc + head)
 
 
-def head_workspace(t: Tower, cfg: Config, micro: int, act_bytes: int) -> int:
-    """Transient bytes of the fused heads: a few fp32 tiles and their fp32 gradient buffers (no rows x vocab)."""
+def head_impl(kernels: str, on_gpu: bool = True) -> str:
+    """The head implementation `model.kernels` runs: "auto" is Triton on a GPU and chunked PyTorch elsewhere."""
+    if kernels == "auto":
+        return "triton" if on_gpu else "torch"
+    return kernels
+
+
+def head_workspace(t: Tower, cfg: Config, micro: int, act_bytes: int, impl: str = "triton") -> dict:
+    """Bytes the head allocates beyond its saved activations, {"forward": .., "backward": ..} (freed after each).
+
+    Backward: the fp32 gradient accumulators of its input and weights (and their copies in the activation dtype
+    below fp32), plus the chunked implementation's tiles; "reference" computes whole rows x vocabulary logits.
+    """
     tokens = micro * cfg.data.seq_len
+    cast = act_bytes if act_bytes < 4 else 0  # fp32 accumulators handed back in bf16/fp16
     if t.name == "generator":
         rows = masked_rows(cfg, micro)
-        grads = 4 * (t.vocab * t.embedding + t.vocab + rows * t.embedding)
+        grads = (4 + cast) * (t.vocab * t.embedding + t.vocab + rows * t.embedding)
+        block = min(rows, TILE_ROWS)
+        tile = 4 * block * (max(128, min(t.vocab, TILE_ELEMS // max(block, 1))) if impl == "torch" else t.vocab)
+        tiles = {k: (n * tile if impl in ("torch", "reference") else 0) for k, n in GEN_TILES.items()}
     else:
-        grads = 4 * (t.hidden * t.hidden + 2 * t.hidden + 1 + tokens * t.hidden)
-    return TILES_LIVE * TILE_BYTES + grads
+        grads = (4 + cast) * (t.hidden * t.hidden + 2 * t.hidden + 1 + tokens * t.hidden)
+        if impl == "triton":  # d(pre-activation) for all rows, then the two GEMMs
+            tiles = {"forward": 0, "backward": 4 * tokens * t.hidden}
+        else:
+            block = 4 * t.hidden * (min(tokens, max(16, TILE_ELEMS // t.hidden)) if impl == "torch" else tokens)
+            tiles = {k: n * block for k, n in DISC_BLOCKS.items()}
+    return {"forward": tiles["forward"], "backward": tiles["backward"] + grads}
