@@ -15,7 +15,7 @@ from gpt_ds.cli import main as cli_main
 from gpt_ds.config import DS_CONFIG_DIR, load_config
 from gpt_ds.zero.estimate import estimate, parse_bytes, peak_phases
 from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, auto_buckets, model_states
-from gpt_ds.zero.sizes import TILE_ELEMS, encoder_activation_bytes, head_workspace, towers
+from gpt_ds.zero.sizes import TILE_ELEMS, encoder_activation_bytes, head_workspace, recompute_bytes, towers
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.vocab_size=1000"]
@@ -175,6 +175,22 @@ def test_gradients_are_freed_at_the_step_except_zero3s():
     assert model_states(t, Option(2), "fp32", 4, **b).end_of_backward["a full grad"] == 4 * t.largest_param
     z3 = model_states(t, Option(3), "bf16", 4, **b)
     assert z3.step_gpu["fp32 sub-group gradient"] == 2 * z3.step_gpu["flat sub-group gradient"]
+
+
+def test_checkpointing_keeps_layer_inputs_and_recomputes_one_layer_in_the_backward():
+    cfg = load_config("tiny", TINY + ["train.global_batch=2"])
+    t = towers(cfg)[1]
+    s = cfg.data.seq_len
+    full = encoder_activation_bytes(t, 2, s, 4, checkpointing=False, flash=False)
+    inputs = encoder_activation_bytes(t, 2, s, 4, checkpointing=True, flash=False)
+    layer = recompute_bytes(t, cfg, 2, 4, checkpointing=True, flash=False)
+    assert recompute_bytes(t, cfg, 2, 4, checkpointing=False, flash=False) == 0
+    assert inputs - encoder_activation_bytes(t, 2, s, 4, checkpointing=True, flash=False, hidden_dropout=False) == \
+        2 * s * t.embedding  # the embeddings' dropout mask, one byte per element
+    assert full - inputs == t.layers * layer - 2 * s * t.layers * 4 * t.hidden  # each layer's input stays saved
+    est = estimate(cfg, 1, 1, parse_bytes("8GB"), on_gpu=False)
+    row = next(r for r in est["options"] if r["preset"] == "zero0_fp32" and r["activation_checkpointing"])
+    assert row["engines"]["discriminator"]["recomputed_layer"] == layer
 
 
 def test_head_workspace_by_implementation():

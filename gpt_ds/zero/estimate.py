@@ -13,7 +13,7 @@ import re
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
-from gpt_ds.zero.sizes import activation_bytes, head_impl, head_workspace, towers, vocab_size
+from gpt_ds.zero.sizes import activation_bytes, head_impl, head_workspace, recompute_bytes, towers, vocab_size
 
 GIB = 1 << 30
 
@@ -83,10 +83,11 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
         st = model_states(t, opt, prec, world, **auto_buckets(t.hidden), on_gpu=on_gpu)
         a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash)
         ws = head_workspace(t, cfg, layout.micro_batch, act, impl)
+        again = recompute_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash)
         engines[t.name] = {"gpu": st.gpu, "cpu": st.cpu, "gpu_transient": st.gpu_transient, "step_gpu": st.step_gpu,
                            "released_at_step": list(st.released), "activations": a,
-                           "head_workspace": ws}
-        per.append((t.name, st, a, ws))
+                           "head_workspace": ws, "recomputed_layer": again}
+        per.append((t.name, st, a, {"forward": ws["forward"], "backward": ws["backward"] + again}))
         ring = (world - 1) / world
         psi = t.params
         if opt.stage == 3:
@@ -120,7 +121,8 @@ def peak_phases(per: list, grad_accum: int) -> list[dict]:
     forward, discriminator forward, generator backward (its start, then its end, where gradients are on their way to
     a reduction), discriminator backward (likewise), generator step, discriminator step.
 
-    `per`: (name, States, activation bytes, head workspace) per engine, generator first. A phase holds the persistent
+    `per`: (name, States, saved activation bytes, {"forward", "backward"} workspace: the head's, and in the backward
+    the layer that activation checkpointing recomputes) per engine, generator first. A phase holds the persistent
     states; the activations, and the parameters ZeRO-3 keeps gathered, of every engine whose backward has not run;
     the gradients no step has freed yet (with gradient accumulation every engine's, carried between micro-batches);
     and its own transients: the head's workspace and ZeRO-3's gathering while computing, the reduction's buffers as

@@ -100,24 +100,37 @@ def masked_rows(cfg: Config, micro: int) -> int:
     return micro * int((cfg.objective.mask_prob + 0.005) * cfg.data.seq_len)
 
 
-def encoder_activation_bytes(t: Tower, micro: int, seq_len: int, act_bytes: int, *, checkpointing: bool,
-                             flash: bool, hidden_dropout: bool = True, attention_dropout: bool = True) -> int:
-    """Bytes autograd keeps from the embeddings and encoder layers of one micro-batch until its backward."""
-    s = seq_len
-    tokens = micro * s
+def _layer_bytes(t: Tower, seq_len: int, act_bytes: int, flash: bool, hidden_dropout: bool,
+                 attention_dropout: bool) -> int:
+    """Bytes one encoder layer saves per token."""
     if flash:
         attn = 4 * t.heads  # log-sum-exp per head (the dropout RNG state is a few bytes)
-    else:
-        attn = t.heads * s * (act_bytes + ((act_bytes + 1) if attention_dropout else 0))  # probs, dropped, mask
+    else:  # probabilities, and with dropout the mask and the dropped probabilities
+        attn = t.heads * seq_len * (act_bytes + ((act_bytes + 1) if attention_dropout else 0))
     masks = 2 * t.hidden if hidden_dropout else 0
-    layer = act_bytes * (8 * t.hidden + 2 * t.ffn) + masks + attn + 16
+    return act_bytes * (8 * t.hidden + 2 * t.ffn) + masks + attn + 16
+
+
+def encoder_activation_bytes(t: Tower, micro: int, seq_len: int, act_bytes: int, *, checkpointing: bool,
+                             flash: bool, hidden_dropout: bool = True, attention_dropout: bool = True) -> int:
+    """Bytes autograd keeps from the embeddings and encoder layers of one micro-batch until its backward (with
+    checkpointing: the layers' inputs; the layer being recomputed is `recompute_bytes`, alive during the backward)."""
+    tokens = micro * seq_len
     emb = act_bytes * (t.embedding + (t.embedding if t.embedding != t.hidden else 0)) + 13 * 4
     emb += t.embedding if hidden_dropout else 0
-    if checkpointing:  # each layer keeps its input; backward recomputes one layer at a time
-        enc = tokens * (emb + t.layers * act_bytes * t.hidden + layer)
-    else:
-        enc = tokens * (emb + t.layers * layer)
-    return int(enc)
+    if checkpointing:
+        return int(tokens * (emb + t.layers * act_bytes * t.hidden))
+    return int(tokens * (emb + t.layers * _layer_bytes(t, seq_len, act_bytes, flash, hidden_dropout,
+                                                       attention_dropout)))
+
+
+def recompute_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool, flash: bool) -> int:
+    """With activation checkpointing, what the one layer recomputed at a time in the backward saves; else 0."""
+    m = cfg.model
+    if not checkpointing:
+        return 0
+    return micro * cfg.data.seq_len * _layer_bytes(t, cfg.data.seq_len, act_bytes, flash, m.hidden_dropout > 0,
+                                                   m.attention_dropout > 0)
 
 
 def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool,
