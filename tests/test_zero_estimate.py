@@ -159,6 +159,11 @@ def test_zero3_keeps_gathered_params_from_forward_to_backward():
     assert model_states(t, Option(3), "bf16", 8, **b).gpu_kept["gathered params"] > t.params  # 2 B x most params
     assert model_states(t, Option(3, "param"), "bf16", 1, **b).gpu_kept  # fetched from CPU memory onto the GPU
     assert not model_states(t, Option(3, "param"), "fp32", 1, **b, on_gpu=False).gpu_kept
+    # kept until the backward: no second gather, so ZeRO-3 moves what ZeRO-2 does (one micro-batch per step)
+    rows = {r["option"]: r for r in estimate(load_config("electra-small", ["train.grad_accum=1"]), 1, 8,
+                                             parse_bytes("80GB"))["options"] if not r["activation_checkpointing"]}
+    comm = {o: r["step_time_s"] - r["compute_s"] for o, r in rows.items()}
+    assert comm["ZeRO-3"] == pytest.approx(comm["ZeRO-2"], rel=0.01) and comm["ZeRO-3"] > comm["ZeRO-0"] / 2
 
 
 def test_gradients_are_freed_at_the_step_except_zero3s():

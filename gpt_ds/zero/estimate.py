@@ -90,8 +90,9 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
         per.append((t.name, st, a, {"forward": ws["forward"], "backward": ws["backward"] + again}))
         ring = (world - 1) / world
         psi = t.params
+        kept = sum(st.gpu_kept.values()) / (k * psi)  # share the backward finds still gathered (no second fetch)
         if opt.stage == 3:
-            comm_bytes += 3 * k * psi * ring * layout.grad_accum  # gather fwd + gather bwd + reduce-scatter
+            comm_bytes += (3 - kept) * k * psi * ring * layout.grad_accum  # gather fwd (+ bwd) + reduce-scatter
         elif opt.stage == 2:
             comm_bytes += k * psi * ring * (layout.grad_accum + 1)  # reduce-scatter per micro + gather after step
         else:
@@ -99,7 +100,7 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
         if opt.offload != "none":
             pcie_bytes += 2 * k * psi / world  # grads down, updated params up
         if opt.offload == "param":
-            pcie_bytes += 2 * k * psi / world * layout.grad_accum  # partitions fetched for forward and backward
+            pcie_bytes += (2 - kept) * k * psi / world * layout.grad_accum  # partitions fetched (forward, backward)
     phases = peak_phases(per, layout.grad_accum)
     top = max(phases, key=lambda p: p["gpu"])
     one = max(phases, key=lambda p: p["gpu"] + p["cpu"])
