@@ -17,7 +17,7 @@ The largest rank is compared with `gpt_ds.zero.estimate` (states; peak over the 
 the chunked-PyTorch heads that "auto" runs here). The encoder activations of both towers, as gpt_ds builds them, are
 measured with saved-tensor hooks (one process) against the estimate.
 
-    DS_ACCELERATOR=cpu .venv/bin/python bench/zero_memory.py     # ~7 min on 2 cores; last line: one JSON object
+    DS_ACCELERATOR=cpu .venv/bin/python bench/zero_memory.py     # ~5 min on 2 cores; last line: one JSON object
     ... --worlds 2 --only tiny:zero3:0,tiny:zero0:1 --save rows.json   # a subset; --rows rows.json re-compares
 """
 from __future__ import annotations

@@ -31,8 +31,9 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
              flash: bool | None = None, on_gpu: bool = True) -> dict:
     """Everything `gpt-ds estimate` prints, as a dict (bytes, seconds, FLOPs).
 
-    `on_gpu=False` estimates a run whose engines live in CPU memory (the CPU runs that check this estimate): the heads
-    run their chunked-PyTorch path and torch's AdamW its per-tensor path, as they do there."""
+    `on_gpu=False` estimates a run whose engines live in CPU memory (the CPU runs that check this estimate): "auto"
+    heads run their chunked-PyTorch path, attention with dropout its math path, and offloaded parameters are used
+    where they lie; each row's `peak_one_memory_bytes` then adds what the engines hold in CPU memory."""
     from gpt_ds.train.flops import step_flops
     world = nodes * gpus_per_node
     layout = batch_layout(cfg, world)
