@@ -77,21 +77,23 @@ def _reference(cfg, vocab: int, args):
 MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm")
 
 
-def _matmul_share(step) -> float:
-    """Share of one gpt_ds step's operator time spent in matmuls (the rest bounds what MFU can reach)."""
+def _matmul_share(step, top: int = 0) -> float:
+    """Share of one gpt_ds step's operator time spent in matmuls (the rest bounds what MFU can reach); with `top`,
+    the step's `top` most expensive operators (self time, calls) go to stderr."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"  {e.key:<40} {e.self_cpu_time_total / 1e3:9.1f} ms {e.self_cpu_time_total / total:6.1%} "
+              f"{e.count:6d} calls", file=sys.stderr)
     return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / total
 
 
 def measure(preset: str, args) -> dict:
     """Rounds of (gpt_ds step, reference step, matmul-rate sample): ratios are taken within a round, then the median,
     so a load change on a shared machine moves both sides of each ratio together."""
-    import deepspeed
-    import torch
     from gpt_ds.train.flops import measure_matmul_flops
     with tempfile.TemporaryDirectory() as tmp:
         cfg, trainer, ours, loader = _ours(preset, args, tmp)
@@ -105,14 +107,13 @@ def measure(preset: str, args) -> dict:
                     times[name].append(time.perf_counter() - t0)
             if i:
                 times["peak"].append(measure_matmul_flops())
-        share = _matmul_share(ours)
+        share = _matmul_share(ours, args.profile)
         loader.close()
     flop = trainer.flops["total"]
     med = {k: statistics.median(v) for k, v in times.items()}
     speedup = statistics.median(h / o for h, o in zip(times["hf"], times["gpt_ds"]))
     mfu = statistics.median(flop / o / p for o, p in zip(times["gpt_ds"], times["peak"]))
     tokens = args.batch * args.seq_len
-    del deepspeed, torch
     return {f"{preset}_gpt_ds_tokens_per_s": tokens / med["gpt_ds"], f"{preset}_hf_tokens_per_s": tokens / med["hf"],
             f"{preset}_speedup_vs_hf": speedup, f"{preset}_step_gflop": flop / 1e9,
             f"{preset}_measured_peak_gflops": med["peak"] / 1e9,
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--kernels", default="auto")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="print the N most expensive operators of one gpt_ds step (stderr)")
     args = ap.parse_args(argv)
     import deepspeed
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",

@@ -16,7 +16,7 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-def _rows_per_block(h: int) -> int:
+def rows_per_block(h: int) -> int:
     return max(16, TILE_ELEMS // max(h, 1))
 
 
@@ -25,7 +25,7 @@ def discriminator_forward(x, w1, b1, w2, b2):
     n, h = x.shape
     w1f, b1f, w2f, b2f = _f32(w1), _f32(b1), _f32(w2).reshape(h), _f32(b2).reshape(())
     out = torch.empty(n, dtype=torch.float32, device=x.device)
-    step = _rows_per_block(h)
+    step = rows_per_block(h)
     for r0 in range(0, n, step):
         a = F.gelu(torch.addmm(b1f, _f32(x[r0:r0 + step]), w1f.t()))
         out[r0:r0 + step] = a @ w2f + b2f
@@ -40,7 +40,7 @@ def discriminator_backward(dz, x, w1, b1, w2):
     g_w1 = torch.zeros(h, h, dtype=torch.float32, device=x.device)
     g_b1 = torch.zeros(h, dtype=torch.float32, device=x.device)
     g_w2 = torch.zeros(h, dtype=torch.float32, device=x.device)
-    step = _rows_per_block(h)
+    step = rows_per_block(h)
     for r0 in range(0, n, step):
         xr = _f32(x[r0:r0 + step])
         d = dz[r0:r0 + step, None]

@@ -1,8 +1,8 @@
 """Faster dropout and attention for the stock transformers towers on the CPU; the GPU keeps torch's fused kernels.
 
-Why: on the CPU, `torch.bernoulli_` draws one 64-bit Mersenne-Twister value per element and costs more than all the
-encoder's matmuls together at ELECTRA-Small widths (23% of a training step, measured). Dropout needs 16 random bits
-per element, not 64: one `random_` word gives four decisions, so the mask costs about a quarter. The keep probability
+Why: on the CPU, `torch.bernoulli_` draws one 64-bit Mersenne-Twister value per element, the largest cost of an
+ELECTRA-Small step after the matmuls. Dropout needs 16 random bits per element, not 64: one `random_` word gives four
+decisions, and dropout's forward + backward takes about half the time (bench/encoder_ops.py). The keep probability
 is 1 - round(p * 65536) / 65536 (p within 8e-6 of the configured rate) and the kept values are scaled by its
 inverse, so the expectation is exact. The draws come from torch's default generator: checkpoints restore it, and
 activation checkpointing's recompute replays the same masks.
@@ -16,6 +16,8 @@ parameters, so state dicts and exports are untouched) and points its attention a
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -26,9 +28,7 @@ _LEVELS = 1 << 16  # dropout resolution: 16 random bits per element
 def keep_mask(shape: torch.Size | tuple, p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
     """A bool mask that keeps each element with probability 1 - q/65536 (q = round(p * 65536)), and 1 / that."""
     q = round(p * _LEVELS)
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     # The full int64 range: every 16-bit lane of a word is uniform (random_() alone leaves the top bit at 0).
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), (1 << 63) - 1)
     keep = words.view(torch.int16)[:n] >= q - _LEVELS // 2

@@ -16,7 +16,8 @@ TILE_ROWS = 1024  # rows per block
 TILE_ELEMS = 1 << 20  # elements per (rows x vocab) tile: 4 MiB of fp32 logits
 
 
-def _tile_cols(rows: int, vocab: int) -> int:
+def tile_cols(rows: int, vocab: int) -> int:
+    """Vocabulary columns per tile for a block of `rows` (also what gpt-ds estimate counts as the workspace)."""
     return max(128, min(vocab, TILE_ELEMS // max(rows, 1)))
 
 
@@ -87,7 +88,7 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
         a_idx = torch.zeros(rows, dtype=torch.int64, device=dev)
         z_best = torch.full((rows,), float("-inf"), device=dev)
         z_idx = torch.zeros(rows, dtype=torch.int64, device=dev)
-        cols = _tile_cols(rows, vocab)
+        cols = tile_cols(rows, vocab)
         for c0 in range(0, vocab, cols):
             c1 = min(vocab, c0 + cols)
             l = _logits(h32, weight, bias, c0, c1)
@@ -132,7 +133,7 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
             h32 = _f32(hidden[r0:r1])
             sc = scale[r0:r1]
             tg = targets[r0:r1]
-            cols = _tile_cols(r1 - r0, vocab)
+            cols = tile_cols(r1 - r0, vocab)
             for c0 in range(0, vocab, cols):
                 c1 = min(vocab, c0 + cols)
                 p = _logits(h32, weight, bias, c0, c1)

@@ -18,9 +18,9 @@ import functools
 from dataclasses import dataclass
 
 from gpt_ds.config import Config, ConfigError
+from gpt_ds.kernels.discriminator_torch import rows_per_block
+from gpt_ds.kernels.generator_torch import TILE_ELEMS, TILE_ROWS, tile_cols  # the chunked heads' own tiling
 
-TILE_ELEMS = 1 << 20  # the chunked heads' fp32 tiles: at most 1M elements (gpt_ds.kernels.*_torch)
-TILE_ROWS = 1024  # the generator head's row block
 GEN_TILES = {"forward": 3, "backward": 2}  # logits, Gumbel noise, logits / T | logits -> gradient, gather temporaries
 DISC_BLOCKS = {"forward": 2, "backward": 3}  # pre-activation, GELU | pre, GELU x d, d(pre)
 
@@ -169,13 +169,13 @@ def head_workspace(t: Tower, cfg: Config, micro: int, act_bytes: int, impl: str 
         rows = masked_rows(cfg, micro)
         grads = (4 + cast) * (t.vocab * t.embedding + t.vocab + rows * t.embedding)
         block = min(rows, TILE_ROWS)
-        tile = 4 * block * (max(128, min(t.vocab, TILE_ELEMS // max(block, 1))) if impl == "torch" else t.vocab)
+        tile = 4 * block * (tile_cols(block, t.vocab) if impl == "torch" else t.vocab)
         tiles = {k: (n * tile if impl in ("torch", "reference") else 0) for k, n in GEN_TILES.items()}
     else:
         grads = (4 + cast) * (t.hidden * t.hidden + 2 * t.hidden + 1 + tokens * t.hidden)
         if impl == "triton":  # d(pre-activation) for all rows, then the two GEMMs
             tiles = {"forward": 0, "backward": 4 * tokens * t.hidden}
         else:
-            block = 4 * t.hidden * (min(tokens, max(16, TILE_ELEMS // t.hidden)) if impl == "torch" else tokens)
+            block = 4 * t.hidden * (min(tokens, rows_per_block(t.hidden)) if impl == "torch" else tokens)
             tiles = {k: n * block for k, n in DISC_BLOCKS.items()}
     return {"forward": tiles["forward"], "backward": tiles["backward"] + grads}

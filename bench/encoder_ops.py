@@ -1,0 +1,107 @@
+"""The encoder-side CPU costs behind gpt_ds's fast paths, each against what it replaced, at ELECTRA-Small shapes.
+
+- dropout, forward + backward: torch.nn.functional.dropout (bernoulli) vs gpt_ds.kernels.encoder.fast_dropout (16-bit
+  lanes), on the attention probabilities (16 x 4 x 128 x 128) and a hidden state (16 x 128 x 256);
+- AdamW step over ElectraForPreTraining's parameters (H=256, 12 layers, vocabulary 30,522): torch's per-tensor loop
+  vs its fused kernel (what gpt_ds fills into the torch_adam ds_configs);
+- with --compile: the attention core with dropout (softmax(QK^T) -> dropout -> .V) eager vs torch.compile (inductor).
+Variants alternate within each round; medians over --repeats rounds. Last line: one JSON object.
+
+    .venv/bin/python bench/encoder_ops.py [--compile]     # ~20 s (+ ~45 s with --compile) on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _race(variants: dict, repeats: int) -> dict:
+    times = {k: [] for k in variants}
+    for f in variants.values():
+        f()  # warm-up
+    for _ in range(repeats):
+        for k, f in variants.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def _fwd_bwd(fn, x, g):
+    def run():
+        x.grad = None
+        fn(x).backward(g)
+    return run
+
+
+def dropout_ms(repeats: int) -> dict:
+    import torch
+
+    from gpt_ds.kernels.encoder import fast_dropout
+    out = {}
+    for name, shape in (("attention_probs", (16, 4, 128, 128)), ("hidden", (16, 128, 256))):
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        r = _race({"torch": _fwd_bwd(lambda t: torch.nn.functional.dropout(t, 0.1, True), x, g),
+                   "gpt_ds": _fwd_bwd(lambda t: fast_dropout(t, 0.1), x, g)}, repeats)
+        out[name] = {"torch_ms": r["torch"], "gpt_ds_ms": r["gpt_ds"], "ratio": r["gpt_ds"] / r["torch"]}
+    return out
+
+
+def adamw_ms(repeats: int) -> dict:
+    import torch
+    from transformers import ElectraConfig, ElectraForPreTraining
+    model = ElectraForPreTraining(ElectraConfig(vocab_size=30522, embedding_size=128, hidden_size=256,
+                                                num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024))
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    loop = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    fused = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    r = _race({"loop": loop.step, "fused": fused.step}, repeats)
+    return {"tensors": len(params), "loop_ms": r["loop"], "fused_ms": r["fused"], "ratio": r["fused"] / r["loop"]}
+
+
+def compile_ms(repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    def core(q, k, v):
+        w = F.dropout(torch.softmax(q @ k.transpose(-1, -2) * 0.125, dim=-1), 0.1, True)
+        return w @ v
+    q, k, v = (torch.randn(16, 4, 128, 64, requires_grad=True) for _ in range(3))
+    g = torch.randn(16, 4, 128, 64)
+
+    def fb(fn):
+        def run():
+            fn(q, k, v).backward(g)
+        return run
+    compiled = torch.compile(core)
+    t0 = time.perf_counter()
+    fb(compiled)()
+    build = time.perf_counter() - t0
+    r = _race({"eager": fb(core), "compiled": fb(compiled)}, repeats)
+    return {"eager_ms": r["eager"], "compiled_ms": r["compiled"], "compile_s": build,
+            "ratio": r["compiled"] / r["eager"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of the attention core")
+    args = ap.parse_args(argv)
+    res = {"dropout": dropout_ms(args.repeats), "adamw": adamw_ms(args.repeats)}
+    if args.compile:
+        res["attention_core_compile"] = compile_ms(args.repeats)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
