@@ -1,13 +1,18 @@
 """The encoder-side CPU costs behind gpt_ds's fast paths, each against what it replaced, at ELECTRA-Small shapes.
 
-- dropout, forward + backward: torch.nn.functional.dropout (bernoulli) vs gpt_ds.kernels.encoder.fast_dropout (16-bit
-  lanes), on the attention probabilities (16 x 4 x 128 x 128) and a hidden state (16 x 128 x 256);
+- dropout, forward + backward: torch.nn.functional.dropout (bernoulli) vs the stored-mask fallback (16-bit lanes of
+  `random_` words) vs the C++ hash kernel (no mask), on the attention probabilities (16 x 4 x 128 x 128) and a hidden
+  state (16 x 128 x 256);
+- the attention core with dropout, forward + backward, from the projections' (B, L, H*D) outputs as transformers
+  hands them over: stock eager ops (what SDPA's math path does) vs gpt_ds's cpu_attention (C++);
 - AdamW step over ElectraForPreTraining's parameters (H=256, 12 layers, vocabulary 30,522): torch's per-tensor loop
   vs its fused kernel (what gpt_ds fills into the torch_adam ds_configs);
-- with --compile: the attention core with dropout (softmax(QK^T) -> dropout -> .V) eager vs torch.compile (inductor).
-Variants alternate within each round; medians over --repeats rounds. Last line: one JSON object.
+- with --compile: the attention core eager vs torch.compile (inductor).
+glibc is told to keep freed buffers first (cpu_ext.retain_freed_memory, as the Trainer does on the CPU), so every
+variant runs without page-faulting its outputs in. Variants alternate within each round; medians over --repeats
+rounds. Last line: one JSON object.
 
-    .venv/bin/python bench/encoder_ops.py [--compile]     # ~20 s (+ ~45 s with --compile) on 2 cores
+    .venv/bin/python bench/encoder_ops.py [--compile]     # ~30 s (+ ~45 s with --compile) on 2 cores
 """
 from __future__ import annotations
 
@@ -43,15 +48,46 @@ def _fwd_bwd(fn, x, g):
 def dropout_ms(repeats: int) -> dict:
     import torch
 
-    from gpt_ds.kernels.encoder import fast_dropout
+    from gpt_ds.kernels import encoder
     out = {}
     for name, shape in (("attention_probs", (16, 4, 128, 128)), ("hidden", (16, 128, 256))):
         x = torch.randn(shape, requires_grad=True)
         g = torch.randn(shape)
         r = _race({"torch": _fwd_bwd(lambda t: torch.nn.functional.dropout(t, 0.1, True), x, g),
-                   "gpt_ds": _fwd_bwd(lambda t: fast_dropout(t, 0.1), x, g)}, repeats)
-        out[name] = {"torch_ms": r["torch"], "gpt_ds_ms": r["gpt_ds"], "ratio": r["gpt_ds"] / r["torch"]}
+                   "lanes": _fwd_bwd(lambda t: encoder._DropoutFn.apply(t, 0.1), x, g),
+                   "hash": _fwd_bwd(lambda t: encoder._HashDropoutFn.apply(t, None, 0.1), x, g)}, repeats)
+        out[name] = {"torch_ms": r["torch"], "lanes_ms": r["lanes"], "hash_ms": r["hash"],
+                     "ratio": r["hash"] / r["torch"]}
     return out
+
+
+def attention_ms(repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from gpt_ds.kernels.encoder import cpu_attention
+    b, n, h, d = 16, 128, 4, 64
+    xs = [torch.randn(b, n, h * d, requires_grad=True) for _ in range(3)]
+    mask = torch.ones(b, 1, n, n, dtype=torch.bool)
+    mask[::3, :, :, 100:] = False  # some padding, as sdpa_mask builds it
+    g = torch.randn(b, n, h, d)
+    module = nn.Module().train()
+
+    def views():
+        return [x.view(b, n, h, d).transpose(1, 2) for x in xs]
+
+    def stock():
+        q, k, v = views()
+        s = (q @ k.transpose(-1, -2)) * d ** -0.5
+        w = F.dropout(torch.softmax(s.masked_fill(~mask, torch.finfo(s.dtype).min), -1), 0.1, True)
+        (w @ v).transpose(1, 2).contiguous().backward(g)
+
+    def ours():
+        q, k, v = views()
+        cpu_attention(module, q, k, v, mask, dropout=0.1, scaling=d ** -0.5)[0].backward(g)
+    r = _race({"stock": stock, "gpt_ds": ours}, repeats)
+    return {"stock_ms": r["stock"], "gpt_ds_ms": r["gpt_ds"], "ratio": r["gpt_ds"] / r["stock"]}
 
 
 def adamw_ms(repeats: int) -> dict:
@@ -96,7 +132,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the attention core")
     args = ap.parse_args(argv)
-    res = {"dropout": dropout_ms(args.repeats), "adamw": adamw_ms(args.repeats)}
+    from gpt_ds.kernels import cpu_ext
+    if cpu_ext.ops() is None:
+        raise SystemExit("the C++ CPU kernels did not build (see the warning above): nothing to compare")
+    cpu_ext.retain_freed_memory()
+    res = {"dropout": dropout_ms(args.repeats), "attention": attention_ms(args.repeats), "adamw": adamw_ms(args.repeats)}
     if args.compile:
         res["attention_core_compile"] = compile_ms(args.repeats)
     print(json.dumps(res))

@@ -229,7 +229,7 @@ def activation_rows() -> list[dict]:
 
     from gpt_ds.config import load_config
     from gpt_ds.train.engines import build_models
-    from gpt_ds.zero.sizes import encoder_activation_bytes, towers
+    from gpt_ds.zero.sizes import cpu_kernels_active, encoder_activation_bytes, towers
     out = []
     for cname, overrides in CONFIGS.items():
         cfg = load_config("tiny", overrides + ["model.kernels=torch"])
@@ -240,7 +240,8 @@ def activation_rows() -> list[dict]:
         for t in towers(cfg):
             est = encoder_activation_bytes(t, MICRO, s, 4, checkpointing=False, flash=False,
                                            hidden_dropout=m.hidden_dropout > 0,
-                                           attention_dropout=m.attention_dropout > 0)
+                                           attention_dropout=m.attention_dropout > 0,
+                                           cpu_kernels=cpu_kernels_active(on_gpu=False))
             out.append({"config": cname, "tower": t.name, "measured": saved_activation_bytes(encoders[t.name], ids),
                         "estimate": est})
     return out

@@ -5,8 +5,27 @@ import pytest
 import torch
 from torch import nn
 
+from gpt_ds.kernels import cpu_ext, encoder
 from gpt_ds.kernels.encoder import (ATTENTION_NAME, FastDropout, cpu_attention, fast_dropout, install_fast_paths,
                                     keep_mask)
+
+
+@pytest.fixture(params=["cpp", "fallback"])
+def path(request, monkeypatch):
+    """Both CPU dropout paths: the C++ hash kernel (built in CI) and the stored-mask fallback used without a compiler."""
+    if request.param == "cpp":
+        assert cpu_ext.ops() is not None, "the C++ kernels must build here (a compiler and ninja are in CI)"
+    else:
+        monkeypatch.setattr(cpu_ext, "ops", lambda: None)
+    return request.param
+
+
+def replay_keep(shape, p, path):
+    """The keep mask and scale the next CPU fast_dropout draws from torch's generator, computed independently."""
+    if path == "fallback":
+        return keep_mask(shape, p)
+    q, scale = cpu_ext.dropout_params(p)
+    return cpu_ext.keep_mask_twin(math.prod(shape), cpu_ext.new_seed(), q).view(shape), scale
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -31,20 +50,20 @@ def test_keep_mask_odd_sizes_and_shapes():
         assert keep.shape == shape
 
 
-def test_fast_dropout_forward_backward_match_the_mask():
+def test_fast_dropout_forward_backward_match_the_mask(path):
     torch.manual_seed(2)
     x = torch.randn(64, 33, dtype=torch.float64, requires_grad=True)
     g = torch.randn(64, 33, dtype=torch.float64)
     state = torch.get_rng_state()
     y = fast_dropout(x, 0.25)
     torch.set_rng_state(state)
-    keep, scale = keep_mask(x.shape, 0.25)  # the same draw again: the mask the forward used
+    keep, scale = replay_keep(x.shape, 0.25, path)  # the same draw again: the mask the forward used
     torch.testing.assert_close(y, torch.where(keep, x * scale, torch.zeros_like(x)), rtol=0, atol=1e-15)
     (y * g).sum().backward()
     torch.testing.assert_close(x.grad, torch.where(keep, g * scale, torch.zeros_like(g)), rtol=0, atol=1e-15)
 
 
-def test_fast_dropout_expectation_and_identity_cases():
+def test_fast_dropout_expectation_and_identity_cases(path):
     torch.manual_seed(3)
     x = torch.full((1 << 20,), 2.0)
     assert fast_dropout(x, 0.1).mean().item() == pytest.approx(2.0, rel=3e-3)  # E[dropout(x)] = x
@@ -53,7 +72,7 @@ def test_fast_dropout_expectation_and_identity_cases():
     assert torch.count_nonzero(fast_dropout(x, 1.0)) == 0
 
 
-def test_fast_dropout_replays_with_the_rng_state():
+def test_fast_dropout_replays_with_the_rng_state(path):
     """Checkpoint resume and activation recompute restore torch's generator: the masks must repeat."""
     x = torch.randn(4, 8, 16)
     torch.manual_seed(4)
@@ -75,10 +94,17 @@ def _reference_attention(q, k, v, mask, keep, scale_keep):
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_cpu_attention_with_dropout_matches_float64(with_mask):
+@pytest.mark.parametrize("layout", ["contiguous", "projection"])
+def test_cpu_attention_with_dropout_matches_float64(with_mask, path, layout):
+    """layout "projection": q, k, v as transformers hands them over, (B, H, L, D) views of (B, L, H * D) outputs."""
     torch.manual_seed(5)
     b, h, n, d = 2, 3, 7, 8
-    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    if layout == "contiguous":
+        q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+        leaves = (q, k, v)
+    else:
+        leaves = tuple(torch.randn(b, n, h * d, requires_grad=True) for _ in range(3))
+        q, k, v = (x.view(b, n, h, d).transpose(1, 2) for x in leaves)
     mask = None
     if with_mask:  # sdpa_mask layout: (B, 1, Lq, Lk), True = attend; the second sequence has 2 padding keys
         mask = torch.ones(b, 1, n, n, dtype=torch.bool)
@@ -88,13 +114,14 @@ def test_cpu_attention_with_dropout_matches_float64(with_mask):
     out, weights = cpu_attention(module, q, k, v, mask, dropout=0.2, scaling=d ** -0.5)
     assert weights is None and out.shape == (b, n, h, d)
     torch.set_rng_state(state)
-    keep, scale = keep_mask((b, h, n, n), 0.2)
+    keep, scale = replay_keep((b, h, n, n), 0.2, path)
     ref = _reference_attention(q, k, v, mask, keep, scale)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), g)
-    ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
+    grads = torch.autograd.grad(out, leaves, g)
+    ref_grads = torch.autograd.grad(ref, leaves, g.double())
     for a, r in zip(grads, ref_grads):
+        assert a.shape == r.shape
         torch.testing.assert_close(a.double(), r.double(), rtol=1e-4, atol=1e-5)
 
 
@@ -136,3 +163,106 @@ def test_installed_tower_equals_stock_in_eval_and_keeps_its_state_dict():
     assert not torch.equal(a, b)
     a.sum().backward()
     assert all(p.grad is not None for n, p in fast.named_parameters() if "token_type" not in n)
+
+
+# ----- the C++ kernels (gpt_ds/kernels/cpu_ops.cpp) against their twins ---------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 12345678901234567, -(1 << 63), (1 << 63) - 1])
+def test_hash_mask_equals_its_twin_bit_for_bit(seed):
+    m = cpu_ext.ops()
+    q, _ = cpu_ext.dropout_params(0.1)
+    for n in (1, 2, 3, 1000, 65537):
+        assert torch.equal(m.keep_mask(n, seed, q), cpu_ext.keep_mask_twin(n, seed, q)), (seed, n)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_hash_mask_rate_both_lanes_and_independence(p):
+    """Each 32-bit hash gives two 16-bit lanes: both drop at rate p, neighbours are uncorrelated, seeds differ."""
+    m = cpu_ext.ops()
+    q, _ = cpu_ext.dropout_params(p)
+    n = 1 << 21
+    keep = m.keep_mask(n, 77, q).double()
+    sigma = math.sqrt(p * (1 - p) / (n // 2))
+    for lane in range(2):
+        assert abs(1 - keep[lane::2].mean().item() - p) < 6 * sigma, lane
+    for lag in (1, 2, 3, 128):  # within a hash word (lag 1) and across words
+        a, b = keep[:-lag] - keep.mean(), keep[lag:] - keep.mean()
+        corr = (a * b).mean() / keep.var()
+        assert abs(corr.item()) < 6 / math.sqrt(n), lag
+    other = m.keep_mask(n, 78, q)
+    assert (other != m.keep_mask(n, 77, q)).double().mean().item() == pytest.approx(2 * p * (1 - p), abs=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_hash_dropout_forward_backward_equal_the_twin(dtype, with_bias):
+    m = cpu_ext.ops()
+    torch.manual_seed(8)
+    q, scale = cpu_ext.dropout_params(0.1)
+    x = torch.randn(5, 7, 33).to(dtype)
+    bias = torch.randn(33).to(dtype) if with_bias else None
+    got = m.dropout_forward(x, bias, 99, q, scale)
+    want = cpu_ext.dropout_twin(x, bias, 99, q, scale)
+    assert got.dtype == dtype and torch.equal(got, want)
+    # a non-contiguous input is taken in its logical (row-major) order
+    xt = x.transpose(0, 1)
+    assert torch.equal(m.dropout_forward(xt, None, 5, q, scale), cpu_ext.dropout_twin(xt.contiguous(), None, 5, q,
+                                                                                        scale))
+    g = torch.randn(5, 7, 33).to(dtype)
+    assert torch.equal(m.dropout_backward(g, 99, q, scale), cpu_ext.dropout_twin(g, None, 99, q, scale))
+
+
+def test_bias_dropout_autograd_against_float64():
+    """_HashDropoutFn with a bias: d/dx and d/dbias of dropout(x + b) against float64 with the replayed mask."""
+    torch.manual_seed(9)
+    x = torch.randn(6, 4, 16, requires_grad=True)
+    b = torch.randn(16, requires_grad=True)
+    state = torch.get_rng_state()
+    y = encoder._HashDropoutFn.apply(x, b, 0.3)
+    torch.set_rng_state(state)
+    keep, scale = replay_keep(x.shape, 0.3, "cpp")
+    ref = torch.where(keep, (x.double() + b.double()) * scale, 0.0)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    gx, gb = torch.autograd.grad(y, (x, b), g)
+    rx, rb = torch.autograd.grad(ref, (x, b), g.double())
+    torch.testing.assert_close(gx.double(), rx.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gb.double(), rb.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_qkv_attention_equals_three_projections():
+    """One Q/K/V matmul + the C++ core against the stock forward (three projections) with the same core and draws;
+    eval mode hands over to the stock path, and the parameters keep their modules and names."""
+    import copy
+
+    from transformers import ElectraConfig
+    from transformers.models.electra.modeling_electra import ElectraSelfAttention
+    cfg = ElectraConfig(hidden_size=32, num_attention_heads=4, attention_probs_dropout_prob=0.3)
+    cfg._attn_implementation = ATTENTION_NAME
+    encoder._register()
+    torch.manual_seed(10)
+    stock = ElectraSelfAttention(cfg).train()
+    fused = copy.deepcopy(stock)
+    encoder._fuse_qkv(fused)
+    assert isinstance(fused, ElectraSelfAttention) and type(fused) is not ElectraSelfAttention
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in stock.named_parameters()]
+    pairs = encoder.zero3_external_parameters(nn.Sequential(fused))
+    assert {id(p) for _, p in pairs} == {id(p) for p in fused.parameters()} and all(m is fused for m, _ in pairs)
+    x = torch.randn(3, 9, 32)
+    mask = torch.ones(3, 1, 9, 9, dtype=torch.bool)
+    mask[2, :, :, 6:] = False
+    g = torch.randn(3, 9, 32)
+    outs = []
+    for mod in (stock, fused):
+        torch.manual_seed(11)
+        xi = x.clone().requires_grad_()
+        out = mod(xi, attention_mask=mask)[0]
+        out.backward(g)
+        outs.append((out, xi.grad, [p.grad for p in mod.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-5, atol=1e-6)
+    for a, r in zip(outs[1][2], outs[0][2]):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    stock.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x, attention_mask=mask)[0], stock(x, attention_mask=mask)[0])

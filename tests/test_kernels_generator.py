@@ -7,14 +7,24 @@ import pytest
 import torch
 
 from gpt_ds.errors import GptDsError
-from gpt_ds.kernels import generator_head, resolve_impl
+from gpt_ds.kernels import cpu_ext, generator_head as _generator_head, resolve_impl
 
-IMPLS = ["torch", "triton"]
+# "torch": the chunked path with its per-tile work in the C++ CPU kernels; "torch-twin": the same path in tensor ops.
+IMPLS = ["torch", "torch-twin", "triton"]
 
 
 @pytest.fixture(autouse=True)
-def _tiles(monkeypatch):
+def _tiles(request, monkeypatch):
     small_tiles(monkeypatch)
+    impl = request.node.callspec.params.get("impl") if hasattr(request.node, "callspec") else None
+    if impl == "torch-twin":
+        monkeypatch.setattr(cpu_ext, "ops", lambda: None)
+    elif impl == "torch":
+        assert cpu_ext.ops() is not None, "the C++ CPU kernels must build here (a compiler and ninja are in CI)"
+
+
+def generator_head(*args, impl="auto", **kw):
+    return _generator_head(*args, impl="torch" if impl == "torch-twin" else impl, **kw)
 
 
 def run(impl, h, w, b, t, **kw):
@@ -152,3 +162,26 @@ def test_gumbel_max_frequencies_follow_softmax(monkeypatch):
     freq = torch.bincount(out.sampled, minlength=v).double() / n
     p = torch.softmax(logits.double() / temperature, 0)
     assert ((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()).all(), (freq, p)
+
+
+def test_cpu_tile_kernels_equal_their_twin():
+    """The C++ tile kernels against the tensor code they replace, on shapes and options the other tests spread out:
+    the same samples, argmax and per-row losses to fp32 rounding, the same gradients to fp32 rounding."""
+    from gpt_ds.kernels import generator_torch
+    from gpt_ds.kernels.noise import row_keys_i32
+    for kw in [dict(bias=True, ignore_every=4), dict(bias=False, offset=0.0, grid=True), dict(bias=True, offset=1000.0,
+                                                                                               grid=True)]:
+        h, w, b, t = gen_case(**kw)
+        keys = row_keys_i32(5, torch.arange(h.shape[0]) + 1000)
+        for temperature, disallow in [(1.0, False), (0.7, True)]:
+            outs = [generator_torch.generator_forward(h, w, b, t, keys, temperature, disallow, IGNORE, fused=f)
+                    for f in (True, False)]
+            (nll, stats, sampled, correct), (nll2, stats2, sampled2, correct2) = outs
+            assert torch.equal(sampled, sampled2) and torch.equal(correct, correct2), kw
+            torch.testing.assert_close(nll, nll2, rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(stats, stats2, rtol=1e-6, atol=1e-6)
+            g = torch.tensor(0.75)
+            for a, r in zip(generator_torch.generator_backward(g, h, w, b, t, stats2, IGNORE, fused=True),
+                            generator_torch.generator_backward(g, h, w, b, t, stats2, IGNORE, fused=False)):
+                if r is not None:
+                    assert rel_err(a, r) <= 1e-6

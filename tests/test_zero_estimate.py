@@ -15,7 +15,8 @@ from gpt_ds.cli import main as cli_main
 from gpt_ds.config import DS_CONFIG_DIR, load_config
 from gpt_ds.zero.estimate import estimate, parse_bytes, peak_phases
 from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, auto_buckets, model_states
-from gpt_ds.zero.sizes import TILE_ELEMS, encoder_activation_bytes, head_workspace, recompute_bytes, towers
+from gpt_ds.zero.sizes import (TILE_ELEMS, cpu_kernels_active, encoder_activation_bytes, head_workspace,
+                               recompute_bytes, towers)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.vocab_size=1000"]
@@ -48,7 +49,8 @@ def test_encoder_activations_match_saved_tensors(h, ffn, heads, seq, dropout):
     _, disc = build_models(cfg, 1000, 0, seed=0)
     measured = saved_activation_bytes(disc.pt.electra.train(), torch.randint(5, 1000, (3, seq)))
     est = encoder_activation_bytes(t, 3, seq, 4, checkpointing=False, flash=dropout == 0,
-                                   hidden_dropout=dropout > 0, attention_dropout=dropout > 0)
+                                   hidden_dropout=dropout > 0, attention_dropout=dropout > 0,
+                                   cpu_kernels=cpu_kernels_active(on_gpu=False))
     assert abs(est / measured - 1) < 0.02, (est, measured)
     assert encoder_activation_bytes(t, 3, seq, 4, checkpointing=True, flash=False) < est or dropout == 0
     assert encoder_activation_bytes(t, 3, seq, 4, checkpointing=False, flash=True) < est or dropout == 0
@@ -195,7 +197,11 @@ def test_checkpointing_keeps_layer_inputs_and_recomputes_one_layer_in_the_backwa
     assert full - inputs == t.layers * layer - 2 * s * t.layers * 4 * t.hidden  # each layer's input stays saved
     est = estimate(cfg, 1, 1, parse_bytes("8GB"), on_gpu=False)
     row = next(r for r in est["options"] if r["preset"] == "zero0_fp32" and r["activation_checkpointing"])
-    assert row["engines"]["discriminator"]["recomputed_layer"] == layer
+    cpu_layer = recompute_bytes(t, cfg, 2, 4, checkpointing=True, flash=False, cpu_kernels=cpu_kernels_active(False))
+    assert row["engines"]["discriminator"]["recomputed_layer"] == cpu_layer
+    # C++ CPU kernels: no dropout masks (2H + heads x seq_len bytes per token), one fused 3H x H Q/K/V weight per layer
+    assert recompute_bytes(t, cfg, 2, 4, checkpointing=True, flash=False, cpu_kernels=True) == \
+        layer - 2 * s * (2 * t.hidden + t.heads * s) + 3 * t.hidden * t.hidden * 4
 
 
 def test_head_workspace_by_implementation():

@@ -1,18 +1,22 @@
-"""Faster dropout and attention for the stock transformers towers on the CPU; the GPU keeps torch's fused kernels.
+"""Faster encoder layers for the stock transformers towers on the CPU; the GPU keeps torch's fused kernels.
 
-Why: on the CPU, `torch.bernoulli_` draws one 64-bit Mersenne-Twister value per element, the largest cost of an
-ELECTRA-Small step after the matmuls. Dropout needs 16 random bits per element, not 64: one `random_` word gives four
-decisions, and dropout's forward + backward takes about half the time (bench/encoder_ops.py). The keep probability
-is 1 - round(p * 65536) / 65536 (p within 8e-6 of the configured rate) and the kept values are scaled by its
-inverse, so the expectation is exact. The draws come from torch's default generator: checkpoints restore it, and
-activation checkpointing's recompute replays the same masks.
+Why: on the CPU every elementwise pass over an activation costs about as much as its share of the matmuls, torch has
+no fused dropout there (`bernoulli_` draws a 64-bit Mersenne-Twister value per element and stores a mask), and the
+stock layers add each bias in a pass of its own. With the C++ kernels (gpt_ds/kernels/cpu_ops.cpp, built on first
+use by cpu_ext):
+- dropout keeps element i when a 16-bit lane of a counter hash of (seed, i) is >= q = round(p * 65536) and scales kept
+  values by 65536 / (65536 - q), so the expectation is exact; the backward regenerates the mask from the seed. The
+  seed is drawn from torch's default generator: checkpoints restore it and activation checkpointing replays it;
+- the output blocks' dense + bias + dropout (`BiasDropoutLinear`) add the bias inside the dropout's one pass (a
+  fused bias + GELU was tried and dropped: ATen's GELU kernel was faster than it);
+- attention with dropout (`cpu_attention`, registered with transformers' AttentionInterface) scales, masks, softmaxes
+  and drops in one pass each way.
+Without the extension (no compiler) dropout falls back to masks from 16-bit lanes of `random_` words (`keep_mask`),
+and the rest to stock torch ops. Without dropout, in eval mode or on a GPU, attention hands over to transformers' SDPA.
 
-Attention on the CPU with dropout falls back to SDPA's math path (softmax, then bernoulli); `cpu_attention` does the
-same computation with the fast mask. Without dropout, in eval mode or on a GPU it hands over to transformers' SDPA.
-
-`install_fast_paths(tower)` swaps the tower's `nn.Dropout` modules for `FastDropout` (same `p`, same repr, no
-parameters, so state dicts and exports are untouched) and points its attention at `cpu_attention`.
-`model.kernels: reference` leaves the towers stock (the plain PyTorch twin the tests hold these to).
+`install_fast_paths(tower)` swaps modules in place; parameters keep their modules and names, so state dicts,
+ZeRO-3's per-module gathering and exports are untouched. `model.kernels: reference` leaves the towers stock (the
+plain PyTorch twin the tests hold these to).
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import math
 
 import torch
 from torch import nn
+
+from gpt_ds.kernels import cpu_ext
 
 ATTENTION_NAME = "gpt_ds_cpu"
 _LEVELS = 1 << 16  # dropout resolution: 16 random bits per element
@@ -36,6 +42,8 @@ def keep_mask(shape: torch.Size | tuple, p: float, device: torch.device | str = 
 
 
 class _DropoutFn(torch.autograd.Function):
+    """Fallback when the C++ kernels are not built: a stored 16-bit-lane mask."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         keep, scale = keep_mask(x.shape, p, x.device)
@@ -49,12 +57,32 @@ class _DropoutFn(torch.autograd.Function):
         return grad.mul(keep).mul_(ctx.scale), None
 
 
+class _HashDropoutFn(torch.autograd.Function):
+    """dropout(x + bias) in one pass; the backward regenerates the mask from the seed (nothing stored)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, p: float) -> torch.Tensor:
+        q, scale = cpu_ext.dropout_params(p)
+        seed = cpu_ext.new_seed()
+        ctx.args = (seed, q, scale)
+        ctx.has_bias = bias is not None
+        return cpu_ext.dropout_forward(x, bias, seed, q, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gx = cpu_ext.dropout_backward(grad, *ctx.args)
+        gb = gx.reshape(-1, gx.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        return gx, gb, None
+
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Same semantics as `torch.nn.functional.dropout`; 16-bit masks on the CPU, torch's fused kernel elsewhere."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0 or round(p * _LEVELS) == 0:
         return nn.functional.dropout(x, p, training)
+    if cpu_ext.ops() is not None:
+        return _HashDropoutFn.apply(x, None, p)
     return _DropoutFn.apply(x, p)
 
 
@@ -67,6 +95,94 @@ class FastDropout(nn.Dropout):
         return fast_dropout(x, self.p, self.training)
 
 
+class _AttentionFn(torch.autograd.Function):
+    """softmax(q k^T * scale, masked) -> dropout -> @ v, with the scaling, masking, softmax and dropout in one C++ pass
+    each way. Saves q, k, v, the probabilities and the dropped probabilities (the matmuls' operands), no mask.
+    (Batched matmuls per sequence on the projections' strided layout, to skip torch.matmul's contiguous copies, were
+    tried: the per-call overhead of 16 small products ate the saving, 11.2 vs 10.9 ms at ELECTRA-Small.)"""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float, p: float):
+        dq, dscale = cpu_ext.dropout_params(p)
+        seed = cpu_ext.new_seed()
+        scores = torch.matmul(q, k.transpose(-1, -2))
+        y, yd = cpu_ext.ops().attention_softmax_dropout(scores, mask, scale, seed, dq, dscale)
+        ctx.save_for_backward(q, k, v, y, yd)
+        ctx.args = (scale, seed, dq, dscale)
+        return torch.matmul(yd, v)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, y, yd = ctx.saved_tensors
+        g_yd = torch.matmul(grad, v.transpose(-1, -2))
+        g_v = torch.matmul(yd.transpose(-1, -2), grad)
+        g_s = cpu_ext.ops().attention_softmax_dropout_backward(g_yd, y, *ctx.args)
+        return torch.matmul(g_s, k), torch.matmul(g_s.transpose(-1, -2), q), g_v, None, None, None
+
+
+class BiasDropoutLinear(nn.Linear):
+    """nn.Linear whose forward also applies its parent's dropout: on the CPU the bias add and the dropout are one
+    pass of the C++ kernel (no bias broadcast into the matmul's output, no stored mask). Same parameters and names as
+    the nn.Linear it replaces; elsewhere it is linear, then dropout."""
+
+    def __init__(self, linear: nn.Linear, p: float):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.training and self.p > 0 and x.device.type == "cpu" and self.bias is not None
+        if fused and 0 < round(self.p * _LEVELS) < _LEVELS and cpu_ext.ops() is not None:
+            return _HashDropoutFn.apply(nn.functional.linear(x, self.weight), self.bias, self.p)
+        return fast_dropout(nn.functional.linear(x, self.weight, self.bias), self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.p}"
+
+
+def _fused_qkv_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache=None,
+                       **kwargs):
+    """ElectraSelfAttention.forward with Q, K and V from one matmul (N = 3H: fewer, larger products, one bias add, one
+    input gradient instead of three summed) and the C++ attention core; elsewhere the stock forward."""
+    p = self.dropout.p
+    mask_ok = attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4)
+    biases = (self.query.bias, self.key.bias, self.value.bias)
+    if (cache is not None or not self.training or self.is_causal or hidden_states.device.type != "cpu"
+            or hidden_states.dtype != torch.float32 or not 0 < round(p * _LEVELS) < _LEVELS or not mask_ok
+            or any(b is None for b in biases) or cpu_ext.ops() is None):
+        return super(type(self), self).forward(hidden_states, attention_mask, cache=cache, **kwargs)
+    b, n = hidden_states.shape[:2]
+    h, d = self.num_attention_heads, self.attention_head_size
+    w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+    qkv = nn.functional.linear(hidden_states, w, torch.cat(biases)).view(b, n, 3, h, d)
+    q, k, v = (qkv.select(2, i).transpose(1, 2) for i in range(3))
+    out = _AttentionFn.apply(q, k, v, attention_mask, self.scaling, p)
+    return out.transpose(1, 2).reshape(b, n, h * d), None
+
+
+_FUSED_CLASSES: dict = {}
+
+
+def _fuse_qkv(module: nn.Module) -> None:
+    """Give an ElectraSelfAttention the fused forward (a subclass: same children, parameters and names)."""
+    cls = type(module)
+    if cls not in _FUSED_CLASSES:
+        _FUSED_CLASSES[cls] = type("GptDs" + cls.__name__, (cls,), {"forward": _fused_qkv_forward})
+    module.__class__ = _FUSED_CLASSES[cls]
+
+
+def zero3_external_parameters(tower: nn.Module) -> list[tuple[nn.Module, nn.Parameter]]:
+    """(module, parameter) pairs ZeRO-3 must gather for a module that reads them without calling their own module:
+    the fused Q/K/V weights, read by their attention module."""
+    fused = tuple(_FUSED_CLASSES.values())
+    return [(m, p) for m in tower.modules() if isinstance(m, fused)
+            for lin in (m.query, m.key, m.value) for p in lin.parameters()]
+
+
+_OUTPUT_BLOCKS = ("ElectraSelfOutput", "ElectraOutput")  # forward: LayerNorm(dropout(dense(x)) + residual)
+
+
 def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                   **kwargs):
@@ -77,6 +193,10 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    fusable_mask = attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4)
+    if fusable_mask and query.dtype == torch.float32 and 0 < round(dropout * _LEVELS) < _LEVELS \
+            and cpu_ext.ops() is not None:
+        return _AttentionFn.apply(query, key, value, attention_mask, scale, dropout).transpose(1, 2).contiguous(), None
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # sdpa_mask: True = attend
@@ -98,6 +218,13 @@ def install_fast_paths(tower: nn.Module) -> nn.Module:
     """Swap dropout modules and the attention function of a transformers tower in place; weights are not touched."""
     _register()
     for module in list(tower.modules()):
+        if type(module).__name__ in _OUTPUT_BLOCKS and type(module.dense) is nn.Linear:
+            if type(module.dropout) is nn.Dropout and not module.dropout.inplace:
+                module.dense = BiasDropoutLinear(module.dense, module.dropout.p)
+                module.dropout = nn.Identity()
+        if type(module).__name__ == "ElectraSelfAttention" and all(
+                type(getattr(module, n, None)) is nn.Linear for n in ("query", "key", "value")):
+            _fuse_qkv(module)
         for name, child in list(module.named_children()):
             if type(child) is nn.Dropout:
                 setattr(module, name, FastDropout(child.p, inplace=child.inplace))

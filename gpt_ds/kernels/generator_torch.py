@@ -5,11 +5,14 @@ statistics (online log-sum-exp, first-occurrence argmax for accuracy, Gumbel-max
 them. Backward: recompute each tile's logits, turn them into d(loss)/d(logits) = (softmax - onehot) * scale in place,
 and accumulate the three gradients in fp32 buffers. Extra memory: a few tiles plus the fp32 gradient buffers.
 Ties resolve to the lowest vocabulary id, as torch.argmax does, so samples match the full-logits reference.
+On the CPU each tile's row-wise work runs in one pass of the C++ kernels (gpt_ds/kernels/cpu_ops.cpp) when they are
+built; the tensor code below is their twin (`fused=False`), and the tests hold the two to each other.
 """
 from __future__ import annotations
 
 import torch
 
+from gpt_ds.kernels import cpu_ext
 from gpt_ds.kernels.noise import GUMBEL_MAX, gumbel_i32
 
 TILE_ROWS = 1024  # rows per block
@@ -62,7 +65,18 @@ def _sample_update(z_best, z_idx, l, keys, c0, temperature, banned):
         z_idx[sel] = torch.where(upd, zarg + c0, z_idx[sel])
 
 
-def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow_correct, ignore_index):
+def _cpu_ops(t: torch.Tensor, fused: bool | None):
+    """The C++ tile kernels when they apply (CPU tensors; fused=None: whenever built), else None."""
+    if fused is False or t.device.type != "cpu":
+        return None
+    ops = cpu_ext.ops()
+    if fused and ops is None:
+        raise RuntimeError("fused=True but gpt_ds's C++ CPU kernels are not built (see the warning above)")
+    return ops
+
+
+def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow_correct, ignore_index,
+                      fused: bool | None = None):
     """-> (nll per row (fp32, 0 on ignored rows), stats, sampled, correct).
 
     stats (2, N) holds each row's logit max m and log(sum exp(logit - m)) apart: nll = (m - target logit) + log-sum
@@ -77,6 +91,7 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
     tgt_logit = torch.zeros(n, dtype=torch.float32, device=dev)
     amax = torch.empty(n, dtype=torch.int64, device=dev)
     sampled = torch.empty(n, dtype=torch.int64, device=dev)
+    ops = _cpu_ops(hidden, fused)
     for r0 in range(0, n, TILE_ROWS):
         r1 = min(n, r0 + TILE_ROWS)
         h32 = _f32(hidden[r0:r1])
@@ -92,6 +107,10 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
         for c0 in range(0, vocab, cols):
             c1 = min(vocab, c0 + cols)
             l = _logits(h32, weight, bias, c0, c1)
+            if ops is not None:
+                ops.gen_tile_forward(l, keys[r0:r1], c0, float(temperature), None if banned is None else banned[r0:r1],
+                                     tg.long(), m, s, a_val, a_idx, z_best, z_idx, tgt_logit[r0:r1], GUMBEL_MAX)
+                continue
             tmax, targ = l.max(dim=1)
             upd = tmax > a_val
             a_val = torch.where(upd, tmax, a_val)
@@ -113,7 +132,7 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
     return nll, stats, sampled, correct
 
 
-def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index):
+def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, fused: bool | None = None):
     """-> (grad hidden, grad weight, grad bias or None), accumulated in fp32, cast to the inputs' dtypes."""
     n, e = hidden.shape
     vocab = weight.shape[0]
@@ -125,6 +144,8 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
     g_b = torch.zeros(vocab, dtype=torch.float32, device=dev) if bias is not None else None
     if n_valid > 0:
         scale = torch.where(valid, grad_loss.float() / n_valid, 0.0)
+        ops = _cpu_ops(hidden, fused)
+        long_targets = targets.long()
         for r0 in range(0, n, TILE_ROWS):
             r1 = min(n, r0 + TILE_ROWS)
             rv = valid[r0:r1]
@@ -137,6 +158,13 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
             for c0 in range(0, vocab, cols):
                 c1 = min(vocab, c0 + cols)
                 p = _logits(h32, weight, bias, c0, c1)
+                if ops is not None:
+                    ops.gen_tile_grad_(p, stats[0, r0:r1], stats[1, r0:r1], sc, long_targets[r0:r1], rv, c0)
+                    g_h[r0:r1].addmm_(p, _f32(weight[c0:c1]))
+                    g_w[c0:c1].addmm_(p.t(), h32)
+                    if g_b is not None:
+                        g_b[c0:c1] += p.sum(dim=0)
+                    continue
                 p.sub_(stats[0, r0:r1, None]).sub_(stats[1, r0:r1, None]).exp_().mul_(sc[:, None])
                 t = tg - c0
                 hit = rv & (t >= 0) & (t < c1 - c0)

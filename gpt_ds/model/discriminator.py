@@ -8,7 +8,7 @@ from torch import nn
 from transformers import ElectraConfig, ElectraForPreTraining
 
 from gpt_ds.kernels import discriminator_head
-from gpt_ds.kernels.encoder import install_fast_paths
+from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
 
 
 class DiscriminatorOutput(NamedTuple):
@@ -36,6 +36,8 @@ class Discriminator(nn.Module):
         p = self.pt.discriminator_predictions
         for w in (p.dense.weight, p.dense.bias, p.dense_prediction.weight, p.dense_prediction.bias):
             register_external_parameter(self, w)
+        for module, w in zero3_external_parameters(self.pt):
+            register_external_parameter(module, w)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                base_embeds: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM
 
 from gpt_ds.kernels import generator_head
-from gpt_ds.kernels.encoder import install_fast_paths
+from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
 
 
 class GeneratorOutput(NamedTuple):
@@ -36,6 +36,8 @@ class Generator(nn.Module):
         from deepspeed.runtime.zero.partition_parameters import register_external_parameter
         register_external_parameter(self, self.mlm.generator_lm_head.weight)
         register_external_parameter(self, self.mlm.generator_lm_head.bias)
+        for module, w in zero3_external_parameters(self.mlm):  # the fused Q/K/V weights (kernels.encoder)
+            register_external_parameter(module, w)
 
     def forward(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                 positions: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, original_ids: torch.Tensor,

@@ -94,8 +94,8 @@ def _initialize(model: torch.nn.Module, ds: dict, cfg: Config):
 def _record_fp32_clip_norm(engine) -> None:
     """DeepSpeed's ZeRO-0 fp32 path clips but drops the norm; keep it so every stage logs a gradient norm.
 
-    After ZeRO-0's all-reduce every rank holds the same gradients, so the local norm is the global one; torch's
-    foreach clip does it in a few kernels instead of DeepSpeed's one-tensor-at-a-time loop.
+    After ZeRO-0's all-reduce every rank holds the same gradients, so the local norm is the global one; torch's clip
+    (foreach kernels on a GPU, a per-tensor loop on the CPU) replaces DeepSpeed's Python loop over tensors.
     """
     def clip_and_record():
         params = [p for p in engine.module.parameters() if p.grad is not None]

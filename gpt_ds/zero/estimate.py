@@ -13,7 +13,8 @@ import re
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
-from gpt_ds.zero.sizes import activation_bytes, head_impl, head_workspace, recompute_bytes, towers, vocab_size
+from gpt_ds.zero.sizes import (activation_bytes, cpu_kernels_active, head_impl, head_workspace, recompute_bytes, towers,
+                               vocab_size)
 
 GIB = 1 << 30
 
@@ -80,11 +81,12 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
     comm_bytes = pcie_bytes = 0.0
     k = 4 if prec == "fp32" else 2
     impl = head_impl(cfg.model.kernels, on_gpu)
+    fast = cpu_kernels_active(on_gpu) and cfg.model.kernels != "reference"
     for t in tws:
         st = model_states(t, opt, prec, world, **auto_buckets(t.hidden), on_gpu=on_gpu)
-        a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash)
+        a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash, cpu_kernels=fast)
         ws = head_workspace(t, cfg, layout.micro_batch, act, impl)
-        again = recompute_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash)
+        again = recompute_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash, cpu_kernels=fast)
         engines[t.name] = {"gpu": st.gpu, "cpu": st.cpu, "gpu_transient": st.gpu_transient, "step_gpu": st.step_gpu,
                            "released_at_step": list(st.released), "activations": a,
                            "head_workspace": ws, "recomputed_layer": again}

@@ -5,8 +5,10 @@ The activation counts are per token and per layer, the tensors autograd saves in
 context, the two LayerNorm inputs, the first LayerNorm's output, the FFN's two I-wide tensors), 4 fp32 LayerNorm
 stats, and with dropout one byte per element of each dropout's mask (2H, plus heads x seq_len on the attention
 probabilities). Attention on the plain ("math") path keeps the probabilities, and with dropout also the dropped ones;
-flash / memory-efficient kernels keep a log-sum-exp per head instead. Masks are bool as CUDA's fused dropout and
-gpt_ds's CPU dropout (gpt_ds.kernels.encoder) keep them; stock torch dropout on the CPU keeps an fp32 mask.
+flash / memory-efficient kernels keep a log-sum-exp per head instead. Masks are bool as CUDA's fused dropout keeps
+them. With gpt_ds's C++ CPU kernels (`cpu_kernels`, see `cpu_kernels_active`) dropout keeps no mask (the backward
+regenerates it from a seed), and with attention dropout each layer's fused Q/K/V matmul saves its concatenated
+3H x H weight (per layer, not per token).
 
 The fused heads' workspace (what their forward and backward allocate beyond the saved activations) is counted per
 implementation: the chunked-PyTorch heads hold a few row-block x vocabulary-chunk tiles, the Triton kernels keep their
@@ -100,45 +102,64 @@ def masked_rows(cfg: Config, micro: int) -> int:
     return micro * int((cfg.objective.mask_prob + 0.005) * cfg.data.seq_len)
 
 
+def cpu_kernels_active(on_gpu: bool) -> bool:
+    """Whether training runs gpt_ds's C++ CPU kernels (kernels.cpu_ext): on the CPU, when they are built."""
+    if on_gpu:
+        return False
+    from gpt_ds.kernels import cpu_ext
+    return cpu_ext.ops() is not None
+
+
 def _layer_bytes(t: Tower, seq_len: int, act_bytes: int, flash: bool, hidden_dropout: bool,
-                 attention_dropout: bool) -> int:
+                 attention_dropout: bool, cpu_kernels: bool = False) -> int:
     """Bytes one encoder layer saves per token."""
+    mask_bytes = 0 if cpu_kernels else 1
     if flash:
         attn = 4 * t.heads  # log-sum-exp per head (the dropout RNG state is a few bytes)
     else:  # probabilities, and with dropout the mask and the dropped probabilities
-        attn = t.heads * seq_len * (act_bytes + ((act_bytes + 1) if attention_dropout else 0))
-    masks = 2 * t.hidden if hidden_dropout else 0
+        attn = t.heads * seq_len * (act_bytes + ((act_bytes + mask_bytes) if attention_dropout else 0))
+    masks = 2 * t.hidden * mask_bytes if hidden_dropout else 0
     return act_bytes * (8 * t.hidden + 2 * t.ffn) + masks + attn + 16
 
 
 def encoder_activation_bytes(t: Tower, micro: int, seq_len: int, act_bytes: int, *, checkpointing: bool,
-                             flash: bool, hidden_dropout: bool = True, attention_dropout: bool = True) -> int:
+                             flash: bool, hidden_dropout: bool = True, attention_dropout: bool = True,
+                             cpu_kernels: bool = False) -> int:
     """Bytes autograd keeps from the embeddings and encoder layers of one micro-batch until its backward (with
     checkpointing: the layers' inputs; the layer being recomputed is `recompute_bytes`, alive during the backward)."""
     tokens = micro * seq_len
     emb = act_bytes * (t.embedding + (t.embedding if t.embedding != t.hidden else 0)) + 13 * 4
-    emb += t.embedding if hidden_dropout else 0
+    emb += t.embedding if hidden_dropout and not cpu_kernels else 0
     if checkpointing:
         return int(tokens * (emb + t.layers * act_bytes * t.hidden))
     return int(tokens * (emb + t.layers * _layer_bytes(t, seq_len, act_bytes, flash, hidden_dropout,
-                                                       attention_dropout)))
+                                                       attention_dropout, cpu_kernels))
+               + t.layers * _layer_constant(t, act_bytes, attention_dropout, cpu_kernels))
 
 
-def recompute_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool, flash: bool) -> int:
+def _layer_constant(t: Tower, act_bytes: int, attention_dropout: bool, cpu_kernels: bool) -> int:
+    """Bytes a layer saves independently of the tokens: the fused Q/K/V weight (C++ CPU path with attention dropout)."""
+    return 3 * t.hidden * t.hidden * act_bytes if cpu_kernels and attention_dropout else 0
+
+
+def recompute_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool, flash: bool,
+                    cpu_kernels: bool = False) -> int:
     """With activation checkpointing, what the one layer recomputed at a time in the backward saves; else 0."""
     m = cfg.model
     if not checkpointing:
         return 0
-    return micro * cfg.data.seq_len * _layer_bytes(t, cfg.data.seq_len, act_bytes, flash, m.hidden_dropout > 0,
-                                                   m.attention_dropout > 0)
+    return (micro * cfg.data.seq_len * _layer_bytes(t, cfg.data.seq_len, act_bytes, flash, m.hidden_dropout > 0,
+                                                    m.attention_dropout > 0, cpu_kernels)
+            + _layer_constant(t, act_bytes, m.attention_dropout > 0, cpu_kernels))
 
 
 def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool,
-                     flash: bool) -> int:
+                     flash: bool, cpu_kernels: bool = False) -> int:
     """Bytes autograd keeps from one micro-batch's forward of tower `t` until its backward (encoder + head)."""
     m = cfg.model
     enc = encoder_activation_bytes(t, micro, cfg.data.seq_len, act_bytes, checkpointing=checkpointing, flash=flash,
-                                   hidden_dropout=m.hidden_dropout > 0, attention_dropout=m.attention_dropout > 0)
+                                   hidden_dropout=m.hidden_dropout > 0, attention_dropout=m.attention_dropout > 0,
+                                   cpu_kernels=cpu_kernels)
     tokens = micro * cfg.data.seq_len
     if t.name == "generator":
         rows = masked_rows(cfg, micro)
