@@ -133,15 +133,19 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
 
 
 def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_index, fused: bool | None = None):
-    """-> (grad hidden, grad weight, grad bias or None), accumulated in fp32, cast to the inputs' dtypes."""
+    """-> (grad hidden, grad weight, grad bias or None), accumulated in fp32, cast to the inputs' dtypes.
+
+    Each gradient slice is written by its first tile and accumulated by the later ones (no zero-filled buffers: the
+    vocabulary table's gradient alone is E x V fp32)."""
     n, e = hidden.shape
     vocab = weight.shape[0]
     dev = hidden.device
     valid = targets != ignore_index
     n_valid = int(valid.sum())
-    g_h = torch.zeros(n, e, dtype=torch.float32, device=dev)
-    g_w = torch.zeros(vocab, e, dtype=torch.float32, device=dev)
-    g_b = torch.zeros(vocab, dtype=torch.float32, device=dev) if bias is not None else None
+    g_h = torch.zeros(n, e, dtype=torch.float32, device=dev) if n_valid == 0 else torch.empty(n, e, device=dev)
+    g_w = torch.empty(vocab, e, dtype=torch.float32, device=dev)
+    g_b = torch.empty(vocab, dtype=torch.float32, device=dev) if bias is not None else None
+    w_started = False  # has a row block written g_w / g_b yet?
     if n_valid > 0:
         scale = torch.where(valid, grad_loss.float() / n_valid, 0.0)
         ops = _cpu_ops(hidden, fused)
@@ -150,6 +154,7 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
             r1 = min(n, r0 + TILE_ROWS)
             rv = valid[r0:r1]
             if not bool(rv.any()):
+                g_h[r0:r1].zero_()
                 continue
             h32 = _f32(hidden[r0:r1])
             sc = scale[r0:r1]
@@ -160,19 +165,28 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
                 p = _logits(h32, weight, bias, c0, c1)
                 if ops is not None:
                     ops.gen_tile_grad_(p, stats[0, r0:r1], stats[1, r0:r1], sc, long_targets[r0:r1], rv, c0)
-                    g_h[r0:r1].addmm_(p, _f32(weight[c0:c1]))
+                else:
+                    p.sub_(stats[0, r0:r1, None]).sub_(stats[1, r0:r1, None]).exp_().mul_(sc[:, None])
+                    t = tg - c0
+                    hit = rv & (t >= 0) & (t < c1 - c0)
+                    tc = t.clamp(0, c1 - c0 - 1)[:, None]
+                    p.scatter_(1, tc, p.gather(1, tc) - torch.where(hit, sc, 0.0)[:, None])
+                w = _f32(weight[c0:c1])
+                if c0 == 0:
+                    torch.mm(p, w, out=g_h[r0:r1])
+                else:
+                    g_h[r0:r1].addmm_(p, w)
+                if not w_started:
+                    torch.mm(p.t(), h32, out=g_w[c0:c1])
+                    if g_b is not None:
+                        torch.sum(p, dim=0, out=g_b[c0:c1])
+                else:
                     g_w[c0:c1].addmm_(p.t(), h32)
                     if g_b is not None:
                         g_b[c0:c1] += p.sum(dim=0)
-                    continue
-                p.sub_(stats[0, r0:r1, None]).sub_(stats[1, r0:r1, None]).exp_().mul_(sc[:, None])
-                t = tg - c0
-                hit = rv & (t >= 0) & (t < c1 - c0)
-                tc = t.clamp(0, c1 - c0 - 1)[:, None]
-                p.scatter_(1, tc, p.gather(1, tc) - torch.where(hit, sc, 0.0)[:, None])
-                g_h[r0:r1].addmm_(p, _f32(weight[c0:c1]))
-                g_w[c0:c1].addmm_(p.t(), h32)
-                if g_b is not None:
-                    g_b[c0:c1] += p.sum(dim=0)
+            w_started = True
+    if not w_started:
+        g_w.zero_()
+        if g_b is not None:
+            g_b.zero_()
     return (g_h.to(hidden.dtype), g_w.to(weight.dtype), None if g_b is None else g_b.to(bias.dtype))
-
