@@ -8,8 +8,7 @@
 - AdamW step over ElectraForPreTraining's parameters (H=256, 12 layers, vocabulary 30,522): torch's per-tensor loop
   vs its fused kernel (what gpt_ds fills into the torch_adam ds_configs);
 - with --compile: the attention core eager vs torch.compile (inductor).
-glibc is told to keep freed buffers first (cpu_ext.retain_freed_memory, as the Trainer does on the CPU), so every
-variant runs without page-faulting its outputs in. Variants alternate within each round; medians over --repeats
+Variants alternate within each round; medians over --repeats
 rounds. Last line: one JSON object.
 
     .venv/bin/python bench/encoder_ops.py [--compile]     # ~30 s (+ ~45 s with --compile) on 2 cores
@@ -135,7 +134,6 @@ def main(argv=None) -> int:
     from gpt_ds.kernels import cpu_ext
     if cpu_ext.ops() is None:
         raise SystemExit("the C++ CPU kernels did not build (see the warning above): nothing to compare")
-    cpu_ext.retain_freed_memory()
     res = {"dropout": dropout_ms(args.repeats), "attention": attention_ms(args.repeats), "adamw": adamw_ms(args.repeats)}
     if args.compile:
         res["attention_core_compile"] = compile_ms(args.repeats)

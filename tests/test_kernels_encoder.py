@@ -12,7 +12,7 @@ from gpt_ds.kernels.encoder import (ATTENTION_NAME, FastDropout, cpu_attention, 
 
 @pytest.fixture(params=["cpp", "fallback"])
 def path(request, monkeypatch):
-    """Both CPU dropout paths: the C++ hash kernel (built in CI) and the stored-mask fallback used without a compiler."""
+    """Both CPU dropout paths: the C++ hash kernel (built in CI) and the stored-mask fallback (no compiler)."""
     if request.param == "cpp":
         assert cpu_ext.ops() is not None, "the C++ kernels must build here (a compiler and ninja are in CI)"
     else:

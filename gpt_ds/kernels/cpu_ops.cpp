@@ -74,8 +74,8 @@ Keys keys(int64_t seed, int64_t q, double scale) {
 
 constexpr int64_t kGrain = 1 << 15;
 
-// The loops live in plain functions called from the parallel region: inside the region's outlined body gcc does not
-// vectorize them (measured 5x slower).
+// The loops live in plain functions called from the parallel region: inside the region's outlined body gcc did not
+// vectorize them (a prototype ran several times slower).
 template <typename T>
 __attribute__((noinline)) void dropout_rows(const T* x, const T* bias, T* out, int64_t r0, int64_t r1, int64_t cols,
                                             uint32_t k0, uint32_t k1, uint32_t q, at::opmath_type<T> scale) {
@@ -135,7 +135,7 @@ torch::Tensor dropout_backward(torch::Tensor grad, int64_t seed, int64_t q, doub
   return dropout_forward(grad, c10::nullopt, seed, q, scale);
 }
 
-// The keep decisions themselves (for tests and the estimator's checks): a bool tensor of `numel` elements.
+// The keep decisions themselves (for the tests): a bool tensor of `numel` elements.
 torch::Tensor keep_mask(int64_t numel, int64_t seed, int64_t q) {
   auto out = torch::empty({numel}, torch::kBool);
   const Keys k = keys(seed, q, 1.0);
@@ -150,11 +150,12 @@ using Vec = at::vec::Vectorized<float>;
 
 __attribute__((noinline)) void softmax_dropout_row(const float* s, const bool* keep_row, float* y, float* yd,
                                                    int64_t n, float scale, uint64_t base, Keys k) {
-  const float lowest = std::numeric_limits<float>::lowest();  // as masked_fill(finfo.min): a fully masked row is uniform
+  // as masked_fill(finfo.min): a fully masked row comes out uniform
+  const float lowest = std::numeric_limits<float>::lowest();
   constexpr int64_t W = Vec::size();
   Vec vmx(lowest);
   int64_t c = 0;
-  for (; c + W <= n; c += W) {  // explicit vectors: gcc left the `omp simd` max-reduction loop slower than a softmax
+  for (; c + W <= n; c += W) {  // explicit vectors: gcc's `omp simd` max-reduction loop did not vectorize well
     Vec v = Vec::loadu(s + c) * Vec(scale);
     if (keep_row != nullptr) {
       float kf[W];
@@ -276,8 +277,8 @@ inline std::pair<float, int64_t> row_max(const float* x, int64_t n) {
 }
 
 void check_row_state(const torch::Tensor& t, int64_t rows, c10::ScalarType dtype, const char* name) {
-  TORCH_CHECK(t.is_contiguous() && t.numel() == rows && t.scalar_type() == dtype, "gen_tile_forward: ", name,
-              " must be a contiguous ", c10::toString(dtype), " vector of ", rows, " rows");
+  TORCH_CHECK(t.is_contiguous() && t.numel() == rows && t.scalar_type() == dtype, "gpt_ds generator tile kernel: ",
+              name, " must be a contiguous ", c10::toString(dtype), " vector of ", rows, " rows");
 }
 
 // One row of gen_tile_forward (state passed by reference).
@@ -379,7 +380,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("keep_mask", &keep_mask, "the keep decisions for elements 0..numel-1");
   m.def("attention_softmax_dropout", &attention_softmax_dropout, "softmax(scores * scale, masked), then dropout");
   m.def("attention_softmax_dropout_backward", &attention_softmax_dropout_backward, "its gradient w.r.t. scores");
-  m.def("vec_width", [] { return static_cast<int64_t>(Vec::size()); }, "floats per ATen vector in this build");
   m.def("gen_tile_forward", &gen_tile_forward, "the generator head's forward statistics over one logits tile");
   m.def("gen_tile_grad_", &gen_tile_grad_, "the generator head's d(loss)/d(logits) over one tile, in place");
 }

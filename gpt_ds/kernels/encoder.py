@@ -28,17 +28,28 @@ from torch import nn
 from gpt_ds.kernels import cpu_ext
 
 ATTENTION_NAME = "gpt_ds_cpu"
-_LEVELS = 1 << 16  # dropout resolution: 16 random bits per element
+_LEVELS = cpu_ext.LEVELS  # dropout resolution: 16 random bits per element
+
+
+def _hash_dropout(x: torch.Tensor, p: float) -> bool:
+    """Whether the C++ hash dropout applies: a CPU tensor, 0 < p < 1 at 16-bit resolution, the extension built."""
+    return x.device.type == "cpu" and 0 < round(p * _LEVELS) < _LEVELS and cpu_ext.ops() is not None
+
+
+def _fused_attention(x: torch.Tensor, mask: torch.Tensor | None, p: float) -> bool:
+    """Whether the C++ attention core applies: hash dropout on float32, and no mask or a 4-D bool one (sdpa_mask)."""
+    mask_ok = mask is None or (mask.dtype == torch.bool and mask.dim() == 4)
+    return mask_ok and x.dtype == torch.float32 and _hash_dropout(x, p)
 
 
 def keep_mask(shape: torch.Size | tuple, p: float, device: torch.device | str = "cpu") -> tuple[torch.Tensor, float]:
     """A bool mask that keeps each element with probability 1 - q/65536 (q = round(p * 65536)), and 1 / that."""
-    q = round(p * _LEVELS)
+    q, scale = cpu_ext.dropout_params(p)
     n = math.prod(shape)
     # The full int64 range: every 16-bit lane of a word is uniform (random_() alone leaves the top bit at 0).
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), (1 << 63) - 1)
     keep = words.view(torch.int16)[:n] >= q - _LEVELS // 2
-    return keep.view(shape), _LEVELS / (_LEVELS - q)
+    return keep.view(shape), scale
 
 
 class _DropoutFn(torch.autograd.Function):
@@ -63,15 +74,13 @@ class _HashDropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, p: float) -> torch.Tensor:
         q, scale = cpu_ext.dropout_params(p)
-        seed = cpu_ext.new_seed()
-        ctx.args = (seed, q, scale)
-        ctx.has_bias = bias is not None
-        return cpu_ext.dropout_forward(x, bias, seed, q, scale)
+        ctx.args = (cpu_ext.new_seed(), q, scale)
+        return cpu_ext.ops().dropout_forward(x, bias, *ctx.args)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        gx = cpu_ext.dropout_backward(grad, *ctx.args)
-        gb = gx.reshape(-1, gx.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
+        gx = cpu_ext.ops().dropout_backward(grad, *ctx.args)
+        gb = gx.reshape(-1, gx.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
         return gx, gb, None
 
 
@@ -79,10 +88,10 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     """Same semantics as `torch.nn.functional.dropout`; 16-bit masks on the CPU, torch's fused kernel elsewhere."""
     if not training or p == 0.0:
         return x
+    if _hash_dropout(x, p):
+        return _HashDropoutFn.apply(x, None, p)
     if x.device.type != "cpu" or p >= 1.0 or round(p * _LEVELS) == 0:
         return nn.functional.dropout(x, p, training)
-    if cpu_ext.ops() is not None:
-        return _HashDropoutFn.apply(x, None, p)
     return _DropoutFn.apply(x, p)
 
 
@@ -99,7 +108,7 @@ class _AttentionFn(torch.autograd.Function):
     """softmax(q k^T * scale, masked) -> dropout -> @ v, with the scaling, masking, softmax and dropout in one C++ pass
     each way. Saves q, k, v, the probabilities and the dropped probabilities (the matmuls' operands), no mask.
     (Batched matmuls per sequence on the projections' strided layout, to skip torch.matmul's contiguous copies, were
-    tried: the per-call overhead of 16 small products ate the saving, 11.2 vs 10.9 ms at ELECTRA-Small.)"""
+    tried in a prototype: the per-call overhead of 16 small products ate the saving.)"""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale: float, p: float):
@@ -132,8 +141,7 @@ class BiasDropoutLinear(nn.Linear):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = self.training and self.p > 0 and x.device.type == "cpu" and self.bias is not None
-        if fused and 0 < round(self.p * _LEVELS) < _LEVELS and cpu_ext.ops() is not None:
+        if self.training and self.bias is not None and _hash_dropout(x, self.p):
             return _HashDropoutFn.apply(nn.functional.linear(x, self.weight), self.bias, self.p)
         return fast_dropout(nn.functional.linear(x, self.weight, self.bias), self.p, self.training)
 
@@ -146,11 +154,9 @@ def _fused_qkv_forward(self, hidden_states: torch.Tensor, attention_mask: torch.
     """ElectraSelfAttention.forward with Q, K and V from one matmul (N = 3H: fewer, larger products, one bias add, one
     input gradient instead of three summed) and the C++ attention core; elsewhere the stock forward."""
     p = self.dropout.p
-    mask_ok = attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4)
     biases = (self.query.bias, self.key.bias, self.value.bias)
-    if (cache is not None or not self.training or self.is_causal or hidden_states.device.type != "cpu"
-            or hidden_states.dtype != torch.float32 or not 0 < round(p * _LEVELS) < _LEVELS or not mask_ok
-            or any(b is None for b in biases) or cpu_ext.ops() is None):
+    if (cache is not None or not self.training or self.is_causal or any(b is None for b in biases)
+            or not _fused_attention(hidden_states, attention_mask, p)):
         return super(type(self), self).forward(hidden_states, attention_mask, cache=cache, **kwargs)
     b, n = hidden_states.shape[:2]
     h, d = self.num_attention_heads, self.attention_head_size
@@ -193,9 +199,7 @@ def cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    fusable_mask = attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4)
-    if fusable_mask and query.dtype == torch.float32 and 0 < round(dropout * _LEVELS) < _LEVELS \
-            and cpu_ext.ops() is not None:
+    if _fused_attention(query, attention_mask, dropout):
         return _AttentionFn.apply(query, key, value, attention_mask, scale, dropout).transpose(1, 2).contiguous(), None
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:

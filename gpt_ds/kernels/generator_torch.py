@@ -92,6 +92,7 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
     amax = torch.empty(n, dtype=torch.int64, device=dev)
     sampled = torch.empty(n, dtype=torch.int64, device=dev)
     ops = _cpu_ops(hidden, fused)
+    long_targets = targets.long()  # the C++ kernels read int64 (a no-op for the usual int64 targets)
     for r0 in range(0, n, TILE_ROWS):
         r1 = min(n, r0 + TILE_ROWS)
         h32 = _f32(hidden[r0:r1])
@@ -109,7 +110,8 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
             l = _logits(h32, weight, bias, c0, c1)
             if ops is not None:
                 ops.gen_tile_forward(l, keys[r0:r1], c0, float(temperature), None if banned is None else banned[r0:r1],
-                                     tg.long(), m, s, a_val, a_idx, z_best, z_idx, tgt_logit[r0:r1], GUMBEL_MAX)
+                                     long_targets[r0:r1], m, s, a_val, a_idx, z_best, z_idx, tgt_logit[r0:r1],
+                                     GUMBEL_MAX)
                 continue
             tmax, targ = l.max(dim=1)
             upd = tmax > a_val
@@ -142,10 +144,10 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
     dev = hidden.device
     valid = targets != ignore_index
     n_valid = int(valid.sum())
-    g_h = torch.zeros(n, e, dtype=torch.float32, device=dev) if n_valid == 0 else torch.empty(n, e, device=dev)
+    g_h = torch.empty(n, e, dtype=torch.float32, device=dev)
     g_w = torch.empty(vocab, e, dtype=torch.float32, device=dev)
     g_b = torch.empty(vocab, dtype=torch.float32, device=dev) if bias is not None else None
-    w_started = False  # has a row block written g_w / g_b yet?
+    w_started = False  # has a row block written g_w / g_b yet? (none does when every row is ignored)
     if n_valid > 0:
         scale = torch.where(valid, grad_loss.float() / n_valid, 0.0)
         ops = _cpu_ops(hidden, fused)
@@ -186,6 +188,7 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
                         g_b[c0:c1] += p.sum(dim=0)
             w_started = True
     if not w_started:
+        g_h.zero_()
         g_w.zero_()
         if g_b is not None:
             g_b.zero_()

@@ -20,7 +20,6 @@ from gpt_ds.data import open_dataset
 from gpt_ds.data.loader import StepLoader, step_sample_numbers
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
-from gpt_ds.kernels import cpu_ext
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
 from gpt_ds.train import checkpoint
 from gpt_ds.train.engines import build_engines
@@ -44,8 +43,6 @@ class Trainer:
         self.special_ids = sorted({ds.pad_id, ds.cls_id, ds.sep_id, ds.mask_id, ds.unk_id})
         self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id)
         self.device = self.engines.generator.device
-        if self.device.type == "cpu":
-            cpu_ext.retain_freed_memory()  # activations are re-faulted on every step otherwise
         self.step = 0
         self.rng_state = None  # set right before the loop on resume: nothing in between may draw from it
         resume_from = checkpoint.find_resume(self.ckpt_dir, resume if resume is not None else cfg.checkpoint.resume)
