@@ -5,6 +5,12 @@
   state (16 x 128 x 256);
 - the attention core with dropout, forward + backward, from the projections' (B, L, H*D) outputs as transformers
   hands them over: stock eager ops (what SDPA's math path does) vs gpt_ds's cpu_attention (C++);
+- ElectraSelfAttention with dropout and padding, forward + backward, at the discriminator's (H=256, 4 heads) and the
+  generator's (H=64, 1 head) shapes: stock (three projections, then cpu_attention's C++ softmax core between batched
+  matmuls) vs the fused Q/K/V matmul with that core ("batched", the path without sgemm) vs the C++ attention straight
+  from the projection's output ("gpt_ds");
+- the generator head's chunked path at ELECTRA-Small's masked rows (N=304, E=128, V=30522, bias, disallow_correct),
+  forward + backward: the tensor twin vs the C++ tile kernels;
 - AdamW step over ElectraForPreTraining's parameters (H=256, 12 layers, vocabulary 30,522): torch's per-tensor loop
   vs its fused kernel (what gpt_ds fills into the torch_adam ds_configs);
 - with --compile: the attention core eager vs torch.compile (inductor).
@@ -89,6 +95,65 @@ def attention_ms(repeats: int) -> dict:
     return {"stock_ms": r["stock"], "gpt_ds_ms": r["gpt_ds"], "ratio": r["gpt_ds"] / r["stock"]}
 
 
+def self_attention_ms(repeats: int) -> dict:
+    import copy
+
+    import torch
+    from transformers import ElectraConfig
+    from transformers.models.electra.modeling_electra import ElectraSelfAttention
+
+    from gpt_ds.kernels import encoder
+    encoder._register()
+    out = {}
+    for name, hidden, heads in (("discriminator", 256, 4), ("generator", 64, 1)):
+        cfg = ElectraConfig(hidden_size=hidden, num_attention_heads=heads, attention_probs_dropout_prob=0.1)
+        cfg._attn_implementation = encoder.ATTENTION_NAME
+        stock = ElectraSelfAttention(cfg).train()
+        fused = copy.deepcopy(stock)
+        encoder._fuse_qkv(fused)
+        x = torch.randn(16, 128, hidden, requires_grad=True)
+        mask = torch.ones(16, 1, 128, 128, dtype=torch.bool)
+        mask[::3, :, :, 100:] = False
+        g = torch.randn(16, 128, hidden)
+        kernel = encoder._qkv_kernel
+
+        def run(module, qkv_kernel):
+            def f():
+                encoder._qkv_kernel = lambda: qkv_kernel
+                try:
+                    x.grad = None
+                    module(x, attention_mask=mask)[0].backward(g)
+                finally:
+                    encoder._qkv_kernel = kernel
+            return f
+        r = _race({"stock": run(stock, False), "batched": run(fused, False), "gpt_ds": run(fused, True)}, repeats)
+        out[name] = {"stock_ms": r["stock"], "batched_ms": r["batched"], "gpt_ds_ms": r["gpt_ds"],
+                     "ratio": r["gpt_ds"] / r["stock"]}
+    return out
+
+
+def generator_head_ms(repeats: int) -> dict:
+    import torch
+
+    from gpt_ds.kernels import generator_torch
+    from gpt_ds.kernels.noise import row_keys_i32
+    g = torch.Generator().manual_seed(0)
+    n, e, v = 304, 128, 30522
+    h = torch.randn(n, e, generator=g)
+    w = torch.randn(v, e, generator=g) * 0.05
+    b = torch.randn(v, generator=g) * 0.1
+    t = torch.randint(0, v, (n,), generator=g)
+    keys = row_keys_i32(1, torch.arange(n))
+
+    def run(fused):
+        def f():
+            _, stats, _, _ = generator_torch.generator_forward(h, w, b, t, keys, 1.0, True, -100, fused=fused)
+            generator_torch.generator_backward(torch.tensor(1.0), h, w, b, t, stats, -100, fused=fused)
+        return f
+    r = _race({"twin": run(False), "cpp": run(True)}, repeats)
+    return {"twin_ms": r["twin"], "cpp_ms": r["cpp"], "ratio": r["cpp"] / r["twin"]}
+
+
 def adamw_ms(repeats: int) -> dict:
     import torch
     from transformers import ElectraConfig, ElectraForPreTraining
@@ -134,7 +199,9 @@ def main(argv=None) -> int:
     from gpt_ds.kernels import cpu_ext
     if cpu_ext.ops() is None:
         raise SystemExit("the C++ CPU kernels did not build (see the warning above): nothing to compare")
-    res = {"dropout": dropout_ms(args.repeats), "attention": attention_ms(args.repeats), "adamw": adamw_ms(args.repeats)}
+    res = {"dropout": dropout_ms(args.repeats), "attention": attention_ms(args.repeats),
+           "self_attention": self_attention_ms(args.repeats), "generator_head": generator_head_ms(args.repeats),
+           "adamw": adamw_ms(args.repeats)}
     if args.compile:
         res["attention_core_compile"] = compile_ms(args.repeats)
     print(json.dumps(res))

@@ -209,7 +209,13 @@ def test_hash_dropout_forward_backward_equal_the_twin(dtype, with_bias):
     assert torch.equal(m.dropout_forward(xt, None, 5, q, scale), cpu_ext.dropout_twin(xt.contiguous(), None, 5, q,
                                                                                         scale))
     g = torch.randn(5, 7, 33).to(dtype)
-    assert torch.equal(m.dropout_backward(g, 99, q, scale), cpu_ext.dropout_twin(g, None, 99, q, scale))
+    want_g = cpu_ext.dropout_twin(g, None, 99, q, scale)
+    assert torch.equal(m.dropout_backward(g, 99, q, scale), want_g)
+    # with the bias gradient summed in the same pass (per-thread partial sums in fp32 / fp64)
+    gx, gb = m.dropout_backward_bias(g, 99, q, scale)
+    assert torch.equal(gx, want_g) and gb.dtype == dtype and gb.shape == (33,)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(gb.double(), want_g.double().sum((0, 1)), rtol=tol, atol=tol)
 
 
 def test_bias_dropout_autograd_against_float64():
@@ -230,10 +236,20 @@ def test_bias_dropout_autograd_against_float64():
     torch.testing.assert_close(gb.double(), rb.double(), rtol=1e-5, atol=1e-5)
 
 
-def test_fused_qkv_attention_equals_three_projections():
-    """One Q/K/V matmul + the C++ core against the stock forward (three projections) with the same core and draws;
-    eval mode hands over to the stock path, and the parameters keep their modules and names."""
+@pytest.mark.parametrize("qkv_kernel", [True, False])
+def test_fused_qkv_attention_equals_three_projections(qkv_kernel, monkeypatch):
+    """One Q/K/V matmul + attention against the stock forward (three projections, the C++ softmax core between
+    batched matmuls) with the same draws: qkv_kernel=True is the C++ attention from the projection's output (BLAS per
+    sequence and head), False the batched matmuls on its unbound views. Eval mode hands over to the stock path, and
+    the parameters keep their modules and names."""
     import copy
+    if qkv_kernel:
+        assert encoder._qkv_kernel(), "torch's sgemm was not found: the C++ attention from the projection is off"
+        calls = []
+        fn = encoder._QKVAttentionFn.apply
+        monkeypatch.setattr(encoder._QKVAttentionFn, "apply", lambda *a: calls.append(1) or fn(*a))
+    else:
+        monkeypatch.setattr(encoder, "_qkv_kernel", lambda: False)
 
     from transformers import ElectraConfig
     from transformers.models.electra.modeling_electra import ElectraSelfAttention
@@ -263,6 +279,8 @@ def test_fused_qkv_attention_equals_three_projections():
     torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-5, atol=1e-6)
     for a, r in zip(outs[1][2], outs[0][2]):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+    assert not qkv_kernel or calls == [1]
     stock.eval()
     fused.eval()
     torch.testing.assert_close(fused(x, attention_mask=mask)[0], stock(x, attention_mask=mask)[0])
+

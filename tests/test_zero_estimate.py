@@ -199,9 +199,10 @@ def test_checkpointing_keeps_layer_inputs_and_recomputes_one_layer_in_the_backwa
     row = next(r for r in est["options"] if r["preset"] == "zero0_fp32" and r["activation_checkpointing"])
     cpu_layer = recompute_bytes(t, cfg, 2, 4, checkpointing=True, flash=False, cpu_kernels=cpu_kernels_active(False))
     assert row["engines"]["discriminator"]["recomputed_layer"] == cpu_layer
-    # C++ CPU kernels: no dropout masks (2H + heads x seq_len bytes per token), one fused 3H x H Q/K/V weight per layer
+    # C++ CPU kernels: no dropout masks (2H + heads x seq_len bytes per token) and no dropped probabilities (heads x
+    # seq_len values), one fused 3H x H Q/K/V weight per layer
     assert recompute_bytes(t, cfg, 2, 4, checkpointing=True, flash=False, cpu_kernels=True) == \
-        layer - 2 * s * (2 * t.hidden + t.heads * s) + 3 * t.hidden * t.hidden * 4
+        layer - 2 * s * (2 * t.hidden + t.heads * s + t.heads * s * 4) + 3 * t.hidden * t.hidden * 4
 
 
 def test_head_workspace_by_implementation():

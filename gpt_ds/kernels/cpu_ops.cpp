@@ -24,6 +24,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include <dlfcn.h>
+
 namespace {
 
 inline uint32_t mix32(uint32_t h) {  // an avalanche finalizer (multiply-xorshift, constants from C. Wellons' search)
@@ -97,6 +99,25 @@ __attribute__((noinline)) void dropout_rows(const T* x, const T* bias, T* out, i
   }
 }
 
+// dropout_rows without a bias, also adding each output row into acc (the bias gradient's per-thread column sums).
+template <typename T>
+__attribute__((noinline)) void dropout_rows_colsum(const T* x, T* out, at::opmath_type<T>* acc, int64_t r0,
+                                                   int64_t r1, int64_t cols, uint32_t k0, uint32_t k1, uint32_t q,
+                                                   at::opmath_type<T> scale) {
+  using acc_t = at::opmath_type<T>;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint64_t base = static_cast<uint64_t>(r) * cols;
+    const T* __restrict__ xr = x + base;
+    T* __restrict__ orow = out + base;
+    acc_t* __restrict__ a = acc;
+    for_lanes(base, cols, k0, k1, [&](int64_t c, uint32_t lane) {
+      const T v = static_cast<T>(lane >= q ? static_cast<acc_t>(xr[c]) * scale : acc_t(0));
+      orow[c] = v;
+      a[c] += static_cast<acc_t>(v);
+    });
+  }
+}
+
 template <typename T>
 void dropout_kernel(const T* x, const T* bias, T* out, int64_t rows, int64_t cols, Keys k) {
   const auto scale = static_cast<at::opmath_type<T>>(k.scale);
@@ -133,6 +154,32 @@ torch::Tensor dropout_forward(torch::Tensor x, c10::optional<torch::Tensor> bias
 // The gradient of dropout_forward with respect to x (and to bias, after summing over rows).
 torch::Tensor dropout_backward(torch::Tensor grad, int64_t seed, int64_t q, double scale) {
   return dropout_forward(grad, c10::nullopt, seed, q, scale);
+}
+
+// -> (the gradient w.r.t. x, w.r.t. bias): the bias gradient's column sums are taken in the same pass, per thread
+// in fp32 (fp64 for double), then over the threads, instead of a second pass over the gradient.
+std::vector<torch::Tensor> dropout_backward_bias(torch::Tensor grad, int64_t seed, int64_t q, double scale) {
+  TORCH_CHECK(grad.device().is_cpu(), "gpt_ds dropout_backward_bias: CPU tensors only");
+  grad = grad.contiguous();
+  const int64_t cols = grad.dim() ? grad.size(-1) : 1;
+  const int64_t rows = cols ? grad.numel() / cols : 0;
+  auto out = torch::empty_like(grad);
+  const int64_t nt = at::get_num_threads();
+  const auto acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto part = torch::zeros({nt, cols}, grad.options().dtype(acc_type));
+  const Keys k = keys(seed, q, scale);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "gpt_ds_dropout_backward_bias", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* G = grad.data_ptr<scalar_t>();
+    scalar_t* O = out.data_ptr<scalar_t>();
+    acc_t* P = part.data_ptr<acc_t>();
+    const auto sc = static_cast<acc_t>(k.scale);
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+      acc_t* acc = P + std::min<int64_t>(at::get_thread_num(), nt - 1) * cols;
+      dropout_rows_colsum<scalar_t>(G, O, acc, r0, r1, cols, k.k0, k.k1, k.q, sc);
+    });
+  });
+  return {out, part.sum(0).to(grad.scalar_type())};
 }
 
 // The keep decisions themselves (for the tests): a bool tensor of `numel` elements.
@@ -259,6 +306,157 @@ torch::Tensor attention_softmax_dropout_backward(torch::Tensor grad_yd, torch::T
   return gs;
 }
 
+// ----- attention straight from the fused Q/K/V projection: no head-split copies, one task per (sequence, head) -----
+//
+// qkv is the (B, L, 3E) output of x @ [Wq; Wk; Wv]^T (E = heads x d, no bias yet). Each (b, h) task adds its own
+// columns' bias in place, then runs scores = Q K^T, softmax_dropout_row and context = dropout(y) V with BLAS on the
+// strided head views (row stride 3E), writing its head's columns of the (B, L, E) context: what the output dense
+// reads, so neither torch.matmul's contiguous copies of Q, K, V nor the context's transpose copy are made. The
+// product tiles (L x L) stay in the task's cache. The backward regenerates dropout(y) from y and the seed.
+
+// MKL's Fortran sgemm, looked up in the already loaded libtorch_cpu at first use (torch's x86 builds carry MKL);
+// without it qkv_attention_available() is false and the Python side keeps the batched-matmul path.
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                          const int*, const float*, const int*, const float*, float*, const int*);
+
+sgemm_fn find_sgemm() {
+  static const sgemm_fn fn = [] {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    return lib ? reinterpret_cast<sgemm_fn>(dlsym(lib, "sgemm_")) : nullptr;
+  }();
+  return fn;
+}
+
+bool qkv_attention_available() { return find_sgemm() != nullptr; }
+
+// Row-major C (m x n, row stride ldc) = op(A) op(B) + beta C, op(A) m x k (ta: A is stored k x m), op(B) k x n
+// (tb: B is stored n x k); as column-major BLAS sees it, C^T = op(B)^T op(A)^T.
+inline void gemm_rm(bool ta, bool tb, int m, int n, int k, const float* A, int lda, const float* B, int ldb,
+                    float beta, float* C, int ldc) {
+  const char oa = ta ? 'T' : 'N', ob = tb ? 'T' : 'N';
+  const float one = 1.0f;
+  find_sgemm()(&ob, &oa, &n, &m, &k, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+struct QkvShape {
+  int64_t B, L, heads, d, E;
+};
+
+QkvShape qkv_shape(const torch::Tensor& qkv, int64_t heads, const char* name) {
+  TORCH_CHECK(find_sgemm() != nullptr, name, ": no sgemm in this torch build (check qkv_attention_available())");
+  TORCH_CHECK(qkv.dim() == 3 && qkv.is_contiguous() && qkv.scalar_type() == at::kFloat && heads > 0 &&
+                  qkv.size(2) % (3 * heads) == 0,
+              name, ": qkv must be contiguous float32 (B, L, 3 x heads x d)");
+  const int64_t E = qkv.size(2) / 3;
+  return {qkv.size(0), qkv.size(1), heads, E / heads, E};
+}
+
+const bool* attention_mask_ptr(const c10::optional<torch::Tensor>& mask, torch::Tensor& held, const QkvShape& s,
+                               int64_t& mh) {
+  mh = 1;
+  if (!mask.has_value() || !mask->defined()) return nullptr;
+  held = mask->contiguous();
+  TORCH_CHECK(held.scalar_type() == at::kBool && held.dim() == 4 && held.size(0) == s.B && held.size(2) == s.L &&
+                  held.size(3) == s.L && (held.size(1) == 1 || held.size(1) == s.heads),
+              "qkv_attention: mask must be bool (B, 1 or heads, L, L)");
+  mh = held.size(1);
+  return held.data_ptr<bool>();
+}
+
+// -> (context (B, L, E), y = softmax probabilities (B, heads, L, L), saved for the backward); qkv gets its bias.
+std::vector<torch::Tensor> qkv_attention_forward(torch::Tensor qkv, torch::Tensor bias, c10::optional<torch::Tensor> mask,
+                                                 int64_t heads, double scale, int64_t seed, int64_t q, double dscale) {
+  const QkvShape s = qkv_shape(qkv, heads, "qkv_attention_forward");
+  TORCH_CHECK(bias.dim() == 1 && bias.is_contiguous() && bias.scalar_type() == at::kFloat && bias.numel() == 3 * s.E,
+              "qkv_attention_forward: bias must be contiguous float32 of 3 x heads x d");
+  torch::Tensor held;
+  int64_t mh;
+  const bool* mk = attention_mask_ptr(mask, held, s, mh);
+  auto ctx = torch::empty({s.B, s.L, s.E}, qkv.options());
+  auto y = torch::empty({s.B, s.heads, s.L, s.L}, qkv.options());
+  const Keys k = keys(seed, q, dscale);
+  float *X = qkv.data_ptr<float>(), *O = ctx.data_ptr<float>(), *Y = y.data_ptr<float>();
+  const float* BI = bias.data_ptr<float>();
+  const int L = static_cast<int>(s.L), d = static_cast<int>(s.d), ld = static_cast<int>(3 * s.E);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, s.B * s.heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> S(s.L * s.L), YD(s.L * s.L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / s.heads, h = t % s.heads;
+      float* base = X + b * s.L * ld + h * s.d;
+      for (int64_t i = 0; i < s.L; ++i)
+        for (int64_t part = 0; part < 3; ++part) {
+          float* row = base + i * ld + part * s.E;
+          at::vec::map2([](Vec v, Vec bb) { return v + bb; }, row, row, BI + part * s.E + h * s.d, s.d);
+        }
+      const float *Q = base, *K = base + s.E, *V = base + 2 * s.E;
+      gemm_rm(false, true, L, L, d, Q, ld, K, ld, 0.0f, S.data(), L);
+      for (int64_t i = 0; i < s.L; ++i) {
+        const bool* mrow = mk ? mk + ((b * mh + (mh == 1 ? 0 : h)) * s.L + i) * s.L : nullptr;
+        softmax_dropout_row(S.data() + i * s.L, mrow, Y + (t * s.L + i) * s.L, YD.data() + i * s.L, s.L, sc,
+                            static_cast<uint64_t>(t * s.L + i) * s.L, k);
+      }
+      gemm_rm(false, false, L, d, L, YD.data(), L, V, ld, 0.0f, O + b * s.L * s.E + h * s.d, static_cast<int>(s.E));
+    }
+  });
+  return {ctx, y};
+}
+
+// yd = dropout(y) for one row (element ids from base), as softmax_dropout_row drew it.
+__attribute__((noinline)) void dropout_row(const float* y, float* yd, int64_t n, uint64_t base, Keys k) {
+  const float ds = static_cast<float>(k.scale);
+  const uint32_t q = k.q;
+  for_lanes(base, n, k.k0, k.k1, [&](int64_t c, uint32_t lane) { yd[c] = lane >= q ? y[c] * ds : 0.0f; });
+}
+
+// out[j] = sum over rows i of x[i * ld + j], j < n.
+__attribute__((noinline)) void col_sums(const float* x, int64_t rows, int64_t ld, int64_t n, float* out) {
+  std::copy(x, x + n, out);
+  for (int64_t i = 1; i < rows; ++i)
+    at::vec::map2([](Vec a, Vec v) { return a + v; }, out, out, x + i * ld, n);
+}
+
+// -> (d(loss)/d(qkv) (B, L, 3E), d(loss)/d(bias) (3E)) from d(loss)/d(context) (B, L, E), the biased qkv and y.
+std::vector<torch::Tensor> qkv_attention_backward(torch::Tensor grad_ctx, torch::Tensor qkv, torch::Tensor y, int64_t heads,
+                                     double scale, int64_t seed, int64_t q, double dscale) {
+  const QkvShape s = qkv_shape(qkv, heads, "qkv_attention_backward");
+  grad_ctx = grad_ctx.to(at::kFloat).contiguous();
+  TORCH_CHECK(grad_ctx.dim() == 3 && grad_ctx.size(0) == s.B && grad_ctx.size(1) == s.L && grad_ctx.size(2) == s.E,
+              "qkv_attention_backward: grad must be (B, L, heads x d)");
+  TORCH_CHECK(y.is_contiguous() && y.numel() == s.B * s.heads * s.L * s.L, "qkv_attention_backward: bad y");
+  auto dqkv = torch::empty_like(qkv);
+  auto pbias = torch::empty({s.B, 3 * s.E}, qkv.options());  // per-sequence bias-gradient sums
+  const Keys k = keys(seed, q, dscale);
+  const float *G = grad_ctx.data_ptr<float>(), *X = qkv.data_ptr<float>(), *Y = y.data_ptr<float>();
+  float *D = dqkv.data_ptr<float>(), *PB = pbias.data_ptr<float>();
+  const int L = static_cast<int>(s.L), d = static_cast<int>(s.d), ld = static_cast<int>(3 * s.E),
+            E = static_cast<int>(s.E);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, s.B * s.heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> YD(s.L * s.L), GY(s.L * s.L), GS(s.L * s.L);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / s.heads, h = t % s.heads;
+      const float* base = X + b * s.L * ld + h * s.d;
+      const float *Q = base, *K = base + s.E, *V = base + 2 * s.E;
+      float* dbase = D + b * s.L * ld + h * s.d;
+      const float* GO = G + b * s.L * s.E + h * s.d;
+      const float* Yt = Y + t * s.L * s.L;
+      for (int64_t i = 0; i < s.L; ++i)  // dropout(y), regenerated
+        dropout_row(Yt + i * s.L, YD.data() + i * s.L, s.L, static_cast<uint64_t>(t * s.L + i) * s.L, k);
+      gemm_rm(true, false, L, d, L, YD.data(), L, GO, E, 0.0f, dbase + 2 * s.E, ld);  // dV = dropout(y)^T dC
+      gemm_rm(false, true, L, L, d, GO, E, V, ld, 0.0f, GY.data(), L);               // d dropout(y) = dC V^T
+      for (int64_t i = 0; i < s.L; ++i)
+        softmax_dropout_grad_row(GY.data() + i * s.L, Yt + i * s.L, GS.data() + i * s.L, s.L, sc,
+                                 static_cast<uint64_t>(t * s.L + i) * s.L, k);
+      gemm_rm(false, false, L, d, L, GS.data(), L, K, ld, 0.0f, dbase, ld);          // dQ = dS K
+      gemm_rm(true, false, L, d, L, GS.data(), L, Q, ld, 0.0f, dbase + s.E, ld);     // dK = dS^T Q
+      for (int64_t part = 0; part < 3; ++part)  // this head's bias-gradient columns over this sequence, cache-hot
+        col_sums(dbase + part * s.E, s.L, ld, s.d, PB + b * ld + part * s.E + h * s.d);
+    }
+  });
+  return {dqkv, pbias.sum(0)};
+}
+
 // noise.gumbel_i32 for one row: -log(-log(u)), u = (((h >> 9) & 0x7fffff) + 0.5) / 2^23, h = mix32(key ^ column).
 __attribute__((noinline)) void gumbel_row(uint32_t key, int64_t c0, int64_t n, float* out) {
 #pragma omp simd
@@ -272,6 +470,12 @@ __attribute__((noinline)) void gumbel_row(uint32_t key, int64_t c0, int64_t n, f
 inline std::pair<float, int64_t> row_max(const float* x, int64_t n) {
   const float mx = at::vec::reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, x, n);
   int64_t i = 0;
+  const Vec want(mx);
+  for (; i + Vec::size() <= n; i += Vec::size()) {  // zero_mask: a bit per lane that compared unequal
+    const uint32_t eq = ~static_cast<uint32_t>((Vec::loadu(x + i) == want).zero_mask()) &
+                        ((uint32_t{1} << Vec::size()) - 1);
+    if (eq) return {mx, i + __builtin_ctz(eq)};
+  }
   while (i < n - 1 && !(x[i] == mx)) ++i;
   return {mx, i};
 }
@@ -281,12 +485,72 @@ void check_row_state(const torch::Tensor& t, int64_t rows, c10::ScalarType dtype
               name, " must be a contiguous ", c10::toString(dtype), " vector of ", rows, " rows");
 }
 
-// One row of gen_tile_forward (state passed by reference).
-__attribute__((noinline)) void forward_row(const float* x, int64_t cols, int64_t c0, uint32_t key, int64_t target,
-                                           int64_t banned, double temperature, double gumbel_max, float* z, float& m,
-                                           float& s, float& a_val, int64_t& a_idx, float& z_best, int64_t& z_idx,
-                                           float& tgt) {
+const float* tile_bias(const c10::optional<torch::Tensor>& bias, int64_t cols, const char* name) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  TORCH_CHECK(bias->dim() == 1 && bias->is_contiguous() && bias->scalar_type() == at::kFloat && bias->numel() == cols,
+              name, ": bias must be a contiguous float32 vector of the tile's ", cols, " columns");
+  return bias->data_ptr<float>();
+}
+
+// The smallest 23-bit uniform index k (u = (k + 0.5) / 2^23) whose Gumbel noise -log(-log u) can lift a logit
+// x / T <= zt_max above z_best; 0 when every column must be drawn. Columns with a smaller k are provably no sample,
+// so their two logs are skipped: after the first tile, z_best sits a few nats above the row's logits and only
+// about one column in a thousand is drawn. The margin is far above float32's error in the logs and the sum, so the
+// columns left out are exactly those that cannot win and the sample equals the full computation's.
+int64_t gumbel_kmin(float z_best, float zt_max) {
+  if (!(z_best > -std::numeric_limits<float>::infinity())) return 0;
+  const double zb = z_best, zt = zt_max;
+  const double c = zb - zt - 1e-3 * (1.0 + std::abs(zb) + std::abs(zt));  // the noise a winner needs, less margin
+  const double k = std::floor(std::exp(-std::exp(-c)) * 8388608.0 - 0.5) - 1.0;  // u(k + 1) < exp(-exp(-c))
+  return k <= 0.0 ? 0 : static_cast<int64_t>(std::min(k, 8388608.0));
+}
+
+// Gumbel-max over the columns whose k >= kmin: the same noise values as gumbel_row (the same vectorized log on a
+// gathered buffer), the same first-occurrence tie rule, so (best, index) equals row_max over the full noisy row
+// whenever best > z_best.
+std::pair<float, int64_t> sparse_gumbel_max(const float* x, int64_t cols, int64_t c0, uint32_t key, int64_t kmin,
+                                            float temp, bool unit_temp, int64_t banned_col, float* buf,
+                                            int32_t* idx) {
+  auto* kb = reinterpret_cast<uint32_t*>(buf);
+  const uint32_t kmin32 = static_cast<uint32_t>(kmin);
+  int64_t n = 0;
+  for (int64_t c = 0; c < cols; c += 64) {  // blocks of 64 columns: a candidate-free block costs one vector pass
+    const int64_t e = std::min<int64_t>(cols, c + 64);
+    uint32_t any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = c; j < e; ++j) {
+      const uint32_t k = (mix32(key ^ static_cast<uint32_t>(c0 + j)) >> 9) & 0x7fffffU;
+      kb[j] = k;
+      any |= static_cast<uint32_t>(k >= kmin32);
+    }
+    if (any)
+      for (int64_t j = c; j < e; ++j)
+        if (kb[j] >= kmin32) idx[n++] = static_cast<int32_t>(j);
+  }
+  for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(kb[idx[j]]);  // j <= idx[j]: in-place is safe
+  at::vec::map([](Vec u) { return ((u + Vec(0.5f)) * Vec(1.0f / 8388608.0f)).log().neg().log().neg(); }, buf, buf,
+               n);
+  float best = -std::numeric_limits<float>::infinity();
+  int64_t arg = -1;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t c = idx[j];
+    float v = unit_temp ? buf[j] + x[c] : buf[j] + x[c] / temp;
+    if (c == banned_col) v = -std::numeric_limits<float>::infinity();
+    if (v > best) {
+      best = v;
+      arg = c;
+    }
+  }
+  return {best, arg};
+}
+
+// One row of gen_tile_forward (state passed by reference); bias (or null) is added to the row's logits in place.
+__attribute__((noinline)) void forward_row(float* x, const float* bias, int64_t cols, int64_t c0, uint32_t key,
+                                           int64_t target, int64_t banned, double temperature, double gumbel_max,
+                                           float* z, int32_t* idx, float& m, float& s, float& a_val, int64_t& a_idx,
+                                           float& z_best, int64_t& z_idx, float& tgt) {
   const float temp = static_cast<float>(temperature);
+  if (bias) at::vec::map2([](Vec v, Vec b) { return v + b; }, x, x, bias, cols);
   const auto [tmax, targ] = row_max(x, cols);
   if (tmax > a_val) {
     a_val = tmax;
@@ -295,7 +559,15 @@ __attribute__((noinline)) void forward_row(const float* x, int64_t cols, int64_t
   const int64_t t = target - c0;
   if (t >= 0 && t < cols) tgt += x[t];
   const float zt_max = temperature == 1.0 ? tmax : tmax / temp;
-  if (zt_max + static_cast<float>(gumbel_max) >= z_best) {
+  const int64_t kmin = zt_max + static_cast<float>(gumbel_max) >= z_best ? gumbel_kmin(z_best, zt_max) : -1;
+  if (kmin > 0) {
+    const int64_t b = banned >= 0 ? banned - c0 : -1;
+    const auto [zmax, zarg] = sparse_gumbel_max(x, cols, c0, key, kmin, temp, temperature == 1.0, b, z, idx);
+    if (zmax > z_best) {
+      z_best = zmax;
+      z_idx = zarg + c0;
+    }
+  } else if (kmin == 0) {
     gumbel_row(key, c0, cols, z);
     if (temperature == 1.0) {
       at::vec::map2([](Vec g, Vec v) { return g + v; }, z, z, x, cols);
@@ -319,13 +591,15 @@ __attribute__((noinline)) void forward_row(const float* x, int64_t cols, int64_t
 
 // One (rows x cols) logits tile at vocabulary offset c0: updates each row's argmax (a_val, a_idx), target logit
 // (tgt), Gumbel-max sample (z_best, z_idx) and online log-sum-exp (m, s) in place, as generator_torch does.
-void gen_tile_forward(torch::Tensor l, torch::Tensor keys, int64_t c0, double temperature,
-                      c10::optional<torch::Tensor> banned, torch::Tensor targets, torch::Tensor m, torch::Tensor s,
-                      torch::Tensor a_val, torch::Tensor a_idx, torch::Tensor z_best, torch::Tensor z_idx,
-                      torch::Tensor tgt, double gumbel_max) {
+// The tile's bias slice (or None) is added to l in place first.
+void gen_tile_forward(torch::Tensor l, c10::optional<torch::Tensor> bias, torch::Tensor keys, int64_t c0,
+                      double temperature, c10::optional<torch::Tensor> banned, torch::Tensor targets, torch::Tensor m,
+                      torch::Tensor s, torch::Tensor a_val, torch::Tensor a_idx, torch::Tensor z_best,
+                      torch::Tensor z_idx, torch::Tensor tgt, double gumbel_max) {
   TORCH_CHECK(l.dim() == 2 && l.is_contiguous() && l.scalar_type() == at::kFloat,
               "gen_tile_forward: logits must be a contiguous float32 matrix");
   const int64_t rows = l.size(0), cols = l.size(1);
+  const float* B = tile_bias(bias, cols, "gen_tile_forward");
   check_row_state(keys, rows, at::kInt, "keys");
   check_row_state(targets, rows, at::kLong, "targets");
   for (auto* t : {&m, &s, &a_val, &z_best, &tgt}) check_row_state(*t, rows, at::kFloat, "a float state");
@@ -335,7 +609,7 @@ void gen_tile_forward(torch::Tensor l, torch::Tensor keys, int64_t c0, double te
     check_row_state(*banned, rows, at::kLong, "banned");
     ban = banned->data_ptr<int64_t>();
   }
-  const float* L = l.data_ptr<float>();
+  float* L = l.data_ptr<float>();
   const int32_t* K = keys.data_ptr<int32_t>();
   const int64_t* T = targets.data_ptr<int64_t>();
   float *M = m.data_ptr<float>(), *S = s.data_ptr<float>(), *AV = a_val.data_ptr<float>();
@@ -343,23 +617,31 @@ void gen_tile_forward(torch::Tensor l, torch::Tensor keys, int64_t c0, double te
   int64_t *AI = a_idx.data_ptr<int64_t>(), *ZI = z_idx.data_ptr<int64_t>();
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     std::vector<float> z(cols);
+    std::vector<int32_t> idx(cols);
     for (int64_t r = r0; r < r1; ++r)
-      forward_row(L + r * cols, cols, c0, static_cast<uint32_t>(K[r]), T[r], ban ? ban[r] : -1, temperature,
-                  gumbel_max, z.data(), M[r], S[r], AV[r], AI[r], ZB[r], ZI[r], TG[r]);
+      forward_row(L + r * cols, B, cols, c0, static_cast<uint32_t>(K[r]), T[r], ban ? ban[r] : -1, temperature,
+                  gumbel_max, z.data(), idx.data(), M[r], S[r], AV[r], AI[r], ZB[r], ZI[r], TG[r]);
   });
 }
 
-__attribute__((noinline)) void grad_row(float* x, int64_t cols, float mr, float lr, float sr, int64_t t) {
-  at::vec::map([mr, lr, sr](Vec v) { return ((v - Vec(mr)) - Vec(lr)).exp_u20() * Vec(sr); }, x, x, cols);
+__attribute__((noinline)) void grad_row(float* x, const float* bias, int64_t cols, float mr, float lr, float sr,
+                                        int64_t t) {
+  if (bias) {
+    at::vec::map2([mr, lr, sr](Vec v, Vec b) { return (((v + b) - Vec(mr)) - Vec(lr)).exp_u20() * Vec(sr); }, x, x,
+                  bias, cols);
+  } else {
+    at::vec::map([mr, lr, sr](Vec v) { return ((v - Vec(mr)) - Vec(lr)).exp_u20() * Vec(sr); }, x, x, cols);
+  }
   if (t >= 0 && t < cols) x[t] = x[t] - sr;
 }
 
-// The backward's tile, in place: p = exp(l - m - lse) * sc, minus sc at each valid row's target column.
-void gen_tile_grad_(torch::Tensor p, torch::Tensor m, torch::Tensor lse, torch::Tensor sc, torch::Tensor targets,
-                    torch::Tensor valid, int64_t c0) {
+// The backward's tile, in place: p = exp(l [+ bias] - m - lse) * sc, minus sc at each valid row's target column.
+void gen_tile_grad_(torch::Tensor p, c10::optional<torch::Tensor> bias, torch::Tensor m, torch::Tensor lse,
+                    torch::Tensor sc, torch::Tensor targets, torch::Tensor valid, int64_t c0) {
   TORCH_CHECK(p.dim() == 2 && p.is_contiguous() && p.scalar_type() == at::kFloat,
               "gen_tile_grad_: logits must be a contiguous float32 matrix");
   const int64_t rows = p.size(0), cols = p.size(1);
+  const float* B = tile_bias(bias, cols, "gen_tile_grad_");
   for (auto* t : {&m, &lse, &sc}) check_row_state(*t, rows, at::kFloat, "a float row vector");
   check_row_state(targets, rows, at::kLong, "targets");
   check_row_state(valid, rows, at::kBool, "valid");
@@ -368,7 +650,7 @@ void gen_tile_grad_(torch::Tensor p, torch::Tensor m, torch::Tensor lse, torch::
   const int64_t* T = targets.data_ptr<int64_t>();
   const bool* V = valid.data_ptr<bool>();
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) grad_row(P + r * cols, cols, M[r], LS[r], SC[r], V[r] ? T[r] - c0 : -1);
+    for (int64_t r = r0; r < r1; ++r) grad_row(P + r * cols, B, cols, M[r], LS[r], SC[r], V[r] ? T[r] - c0 : -1);
   });
 }
 
@@ -377,9 +659,13 @@ void gen_tile_grad_(torch::Tensor p, torch::Tensor m, torch::Tensor lse, torch::
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dropout_forward", &dropout_forward, "dropout(x + bias) from a counter-based hash");
   m.def("dropout_backward", &dropout_backward, "gradient of dropout_forward, the mask regenerated from the seed");
+  m.def("dropout_backward_bias", &dropout_backward_bias, "dropout_backward and the bias gradient in one pass");
   m.def("keep_mask", &keep_mask, "the keep decisions for elements 0..numel-1");
   m.def("attention_softmax_dropout", &attention_softmax_dropout, "softmax(scores * scale, masked), then dropout");
   m.def("attention_softmax_dropout_backward", &attention_softmax_dropout_backward, "its gradient w.r.t. scores");
+  m.def("qkv_attention_available", &qkv_attention_available, "whether BLAS sgemm was found for qkv_attention_*");
+  m.def("qkv_attention_forward", &qkv_attention_forward, "attention from the fused Q/K/V projection's output");
+  m.def("qkv_attention_backward", &qkv_attention_backward, "its gradient w.r.t. the biased Q/K/V projection");
   m.def("gen_tile_forward", &gen_tile_forward, "the generator head's forward statistics over one logits tile");
   m.def("gen_tile_grad_", &gen_tile_grad_, "the generator head's d(loss)/d(logits) over one tile, in place");
 }

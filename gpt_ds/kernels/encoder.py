@@ -79,9 +79,10 @@ class _HashDropoutFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        gx = cpu_ext.ops().dropout_backward(grad, *ctx.args)
-        gb = gx.reshape(-1, gx.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
-        return gx, gb, None
+        if ctx.needs_input_grad[1]:  # the bias gradient's column sums in the same pass
+            gx, gb = cpu_ext.ops().dropout_backward_bias(grad, *ctx.args)
+            return gx, gb, None
+        return cpu_ext.ops().dropout_backward(grad, *ctx.args), None, None
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -129,6 +130,37 @@ class _AttentionFn(torch.autograd.Function):
         return torch.matmul(g_s, k), torch.matmul(g_s.transpose(-1, -2), q), g_v, None, None, None
 
 
+def _qkv_kernel() -> bool:
+    """Whether the C++ attention from the Q/K/V projection applies (it needs BLAS sgemm from torch's MKL)."""
+    return cpu_ext.ops().qkv_attention_available()
+
+
+class _QKVAttentionFn(torch.autograd.Function):
+    """x @ [Wq; Wk; Wv]^T, then the whole attention in C++ tasks per (sequence, head) that read Q, K and V where the
+    projection wrote them and write the context in the (B, L, E) layout the output dense reads: no head-split or
+    transpose copies, and only the biased projection and the probabilities are saved (dropout is regenerated)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask, heads: int, scale: float, p: float):
+        b, n, e = x.shape
+        dq, dscale = cpu_ext.dropout_params(p)
+        ctx.args = (heads, scale, cpu_ext.new_seed(), dq, dscale)
+        qkv = torch.mm(x.reshape(b * n, e), weight.t()).view(b, n, -1)  # the kernel adds the bias in place
+        out, y = cpu_ext.ops().qkv_attention_forward(qkv, bias, mask, *ctx.args)
+        ctx.save_for_backward(x, weight, qkv, y)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, qkv, y = ctx.saved_tensors
+        d, gb = cpu_ext.ops().qkv_attention_backward(grad, qkv, y, *ctx.args)
+        d = d.view(-1, qkv.shape[-1])
+        need = ctx.needs_input_grad
+        gx = torch.mm(d, weight).view_as(x) if need[0] else None
+        gw = torch.mm(d.t(), x.reshape(-1, x.shape[-1])) if need[1] else None
+        return gx, gw, gb if need[2] else None, None, None, None, None
+
+
 class BiasDropoutLinear(nn.Linear):
     """nn.Linear whose forward also applies its parent's dropout: on the CPU the bias add and the dropout are one
     pass of the C++ kernel (no bias broadcast into the matmul's output, no stored mask). Same parameters and names as
@@ -161,6 +193,8 @@ def _fused_qkv_forward(self, hidden_states: torch.Tensor, attention_mask: torch.
     b, n = hidden_states.shape[:2]
     h, d = self.num_attention_heads, self.attention_head_size
     w = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+    if _qkv_kernel():
+        return _QKVAttentionFn.apply(hidden_states, w, torch.cat(biases), attention_mask, h, self.scaling, p), None
     qkv = nn.functional.linear(hidden_states, w, torch.cat(biases)).view(b, n, 3, h, d)
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # unbind's backward stacks (select's zero-fills 3 times)
     out = _AttentionFn.apply(q, k, v, attention_mask, self.scaling, p)

@@ -35,6 +35,10 @@ def _logits(h32, weight, bias, c0, c1):
     return torch.addmm(_f32(bias[c0:c1]), h32, w.t())
 
 
+def _bias_tile(bias, c0, c1):
+    return None if bias is None else _f32(bias[c0:c1]).contiguous()
+
+
 def _sample_update(z_best, z_idx, l, keys, c0, temperature, banned):
     """Gumbel-max over one tile, updating rows whose tile winner beats their running best (strictly)."""
     rows, cols = l.shape
@@ -46,7 +50,8 @@ def _sample_update(z_best, z_idx, l, keys, c0, temperature, banned):
         return
     sel = None if n_need > rows // 2 else need.nonzero().squeeze(1)
     if sel is not None:
-        l, keys, banned = l.index_select(0, sel), keys.index_select(0, sel), banned.index_select(0, sel)
+        l, keys = l.index_select(0, sel), keys.index_select(0, sel)
+        banned = None if banned is None else banned.index_select(0, sel)
     z = gumbel_i32(keys, c0, cols)
     z.add_(l if temperature == 1.0 else l / temperature)
     if banned is not None:
@@ -107,12 +112,13 @@ def generator_forward(hidden, weight, bias, targets, keys, temperature, disallow
         cols = tile_cols(rows, vocab)
         for c0 in range(0, vocab, cols):
             c1 = min(vocab, c0 + cols)
-            l = _logits(h32, weight, bias, c0, c1)
-            if ops is not None:
-                ops.gen_tile_forward(l, keys[r0:r1], c0, float(temperature), None if banned is None else banned[r0:r1],
+            if ops is not None:  # the kernel adds the bias in its own pass (addmm would broadcast-copy it first)
+                ops.gen_tile_forward(_logits(h32, weight, None, c0, c1), _bias_tile(bias, c0, c1), keys[r0:r1], c0,
+                                     float(temperature), None if banned is None else banned[r0:r1],
                                      long_targets[r0:r1], m, s, a_val, a_idx, z_best, z_idx, tgt_logit[r0:r1],
                                      GUMBEL_MAX)
                 continue
+            l = _logits(h32, weight, bias, c0, c1)
             tmax, targ = l.max(dim=1)
             upd = tmax > a_val
             a_val = torch.where(upd, tmax, a_val)
@@ -164,10 +170,12 @@ def generator_backward(grad_loss, hidden, weight, bias, targets, stats, ignore_i
             cols = tile_cols(r1 - r0, vocab)
             for c0 in range(0, vocab, cols):
                 c1 = min(vocab, c0 + cols)
-                p = _logits(h32, weight, bias, c0, c1)
                 if ops is not None:
-                    ops.gen_tile_grad_(p, stats[0, r0:r1], stats[1, r0:r1], sc, long_targets[r0:r1], rv, c0)
+                    p = _logits(h32, weight, None, c0, c1)
+                    ops.gen_tile_grad_(p, _bias_tile(bias, c0, c1), stats[0, r0:r1], stats[1, r0:r1], sc,
+                                       long_targets[r0:r1], rv, c0)
                 else:
+                    p = _logits(h32, weight, bias, c0, c1)
                     p.sub_(stats[0, r0:r1, None]).sub_(stats[1, r0:r1, None]).exp_().mul_(sc[:, None])
                     t = tg - c0
                     hit = rv & (t >= 0) & (t < c1 - c0)

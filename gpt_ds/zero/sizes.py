@@ -7,8 +7,10 @@ stats, and with dropout one byte per element of each dropout's mask (2H, plus he
 probabilities). Attention on the plain ("math") path keeps the probabilities, and with dropout also the dropped ones;
 flash / memory-efficient kernels keep a log-sum-exp per head instead. Masks are bool as CUDA's fused dropout keeps
 them. With gpt_ds's C++ CPU kernels (`cpu_kernels`, see `cpu_kernels_active`) dropout keeps no mask (the backward
-regenerates it from a seed), and with attention dropout each layer's fused Q/K/V matmul saves its concatenated
-3H x H weight (per layer, not per token).
+regenerates it from a seed), the attention keeps the probabilities but not the dropped ones (regenerated too), and
+with attention dropout each layer's fused Q/K/V matmul saves its concatenated 3H x H weight (per layer, not per
+token). (A torch build without MKL's sgemm runs attention as batched matmuls that also keep the dropped
+probabilities: heads x seq_len x act_bytes per token and layer more than counted.)
 
 The fused heads' workspace (what their forward and backward allocate beyond the saved activations) is counted per
 implementation: the chunked-PyTorch heads hold a few row-block x vocabulary-chunk tiles, the Triton kernels keep their
@@ -116,6 +118,8 @@ def _layer_bytes(t: Tower, seq_len: int, act_bytes: int, flash: bool, hidden_dro
     mask_bytes = 0 if cpu_kernels else 1
     if flash:
         attn = 4 * t.heads  # log-sum-exp per head (the dropout RNG state is a few bytes)
+    elif cpu_kernels:  # the C++ attention keeps the probabilities and regenerates the dropped ones from the seed
+        attn = t.heads * seq_len * act_bytes
     else:  # probabilities, and with dropout the mask and the dropped probabilities
         attn = t.heads * seq_len * (act_bytes + ((act_bytes + mask_bytes) if attention_dropout else 0))
     masks = 2 * t.hidden * mask_bytes if hidden_dropout else 0
