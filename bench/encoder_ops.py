@@ -60,7 +60,7 @@ def dropout_ms(repeats: int) -> dict:
         g = torch.randn(shape)
         r = _race({"torch": _fwd_bwd(lambda t: torch.nn.functional.dropout(t, 0.1, True), x, g),
                    "lanes": _fwd_bwd(lambda t: encoder._DropoutFn.apply(t, 0.1), x, g),
-                   "hash": _fwd_bwd(lambda t: encoder._HashDropoutFn.apply(t, None, 0.1), x, g)}, repeats)
+                   "hash": _fwd_bwd(lambda t: encoder._HashDropoutFn.apply(t, None, 0.1, None), x, g)}, repeats)
         out[name] = {"torch_ms": r["torch"], "lanes_ms": r["lanes"], "hash_ms": r["hash"],
                      "ratio": r["hash"] / r["torch"]}
     return out

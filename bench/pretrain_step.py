@@ -5,8 +5,10 @@ Reference: ElectraForMaskedLM over all positions + ElectraForPreTraining (embedd
 from the masked positions' softmax, loss = gen + 50 * disc, one AdamW over both. Both are timed alternately in this
 process, each round followed by a sample of this machine's 1024^2 fp32 matmul rate; speedup and MFU (gpt_ds's counted
 FLOPs, gpt_ds.train.flops, per second over that rate) are medians of the per-round ratios (--steps rounds after one
-warm-up); matmul_time_share (one profiled step) says how much of the step the matmuls take, and
-matmul_rate_vs_peak how fast they run. Last line: one JSON object.
+warm-up); matmul_time_share (one profiled step) says how much of the step ATen's matmul operators take, and
+matmul_rate_vs_peak how fast they run. On the CPU the attention's score and context products run inside gpt_ds's
+C++ attention operators (with the softmax and dropout): their share of the step is attention_op_share, and their
+FLOPs are left out of matmul_rate_vs_peak. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -77,9 +79,13 @@ def _reference(cfg, vocab: int, args):
 MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm")
 
 
-def _matmul_share(step, top: int = 0) -> float:
-    """Share of one gpt_ds step's operator time spent in matmuls (the rest bounds what MFU can reach); with `top`,
-    the step's `top` most expensive operators (self time, calls) go to stderr."""
+ATTENTION_OPS = ("_QKVAttentionFn", "_QKVAttentionFnBackward")  # gpt_ds.kernels.encoder: products + softmax in C++
+
+
+def _op_shares(step, top: int = 0) -> tuple[float, float]:
+    """Shares of one gpt_ds step's operator time spent in ATen matmuls and in the C++ attention operators (the rest
+    bounds what MFU can reach); with `top`, the step's `top` most expensive operators (self time, calls) go to
+    stderr."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -88,7 +94,9 @@ def _matmul_share(step, top: int = 0) -> float:
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
         print(f"  {e.key:<40} {e.self_cpu_time_total / 1e3:9.1f} ms {e.self_cpu_time_total / total:6.1%} "
               f"{e.count:6d} calls", file=sys.stderr)
-    return sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / total
+    share = {kind: sum(e.self_cpu_time_total for e in events if e.key in keys) / total
+             for kind, keys in (("mm", MATMULS), ("attention", ATTENTION_OPS))}
+    return share["mm"], share["attention"]
 
 
 def measure(preset: str, args) -> dict:
@@ -107,9 +115,10 @@ def measure(preset: str, args) -> dict:
                     times[name].append(time.perf_counter() - t0)
             if i:
                 times["peak"].append(measure_matmul_flops(repeats=15))
-        share = _matmul_share(ours, args.profile)
+        share, attn_share = _op_shares(ours, args.profile)
         loader.close()
     flop = trainer.flops["total"]
+    mm_flop = flop - (trainer.flops["attention"] if attn_share > 0 else 0.0)  # the C++ attention's own products
     med = {k: statistics.median(v) for k, v in times.items()}
     speedup = statistics.median(h / o for h, o in zip(times["hf"], times["gpt_ds"]))
     mfu = statistics.median(flop / o / p for o, p in zip(times["gpt_ds"], times["peak"]))
@@ -119,7 +128,8 @@ def measure(preset: str, args) -> dict:
             f"{preset}_measured_peak_gflops": med["peak"] / 1e9,
             f"{preset}_mfu_vs_measured_peak": mfu,
             f"{preset}_matmul_time_share": share,
-            f"{preset}_matmul_rate_vs_peak": flop / (share * med["gpt_ds"]) / med["peak"],
+            f"{preset}_attention_op_share": attn_share,
+            f"{preset}_matmul_rate_vs_peak": mm_flop / (share * med["gpt_ds"]) / med["peak"],
             f"{preset}_times_s": {k: v for k, v in times.items() if k != "peak"},
             f"{preset}_peak_gflops_per_round": [p / 1e9 for p in times["peak"]]}
 

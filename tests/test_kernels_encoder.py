@@ -204,6 +204,8 @@ def test_hash_dropout_forward_backward_equal_the_twin(dtype, with_bias):
     got = m.dropout_forward(x, bias, 99, q, scale)
     want = cpu_ext.dropout_twin(x, bias, 99, q, scale)
     assert got.dtype == dtype and torch.equal(got, want)
+    res = torch.randn(5, 7, 33).to(dtype)  # an output block's residual, added in the same pass
+    assert torch.equal(m.dropout_forward(x, bias, 99, q, scale, res), cpu_ext.dropout_twin(x, bias, 99, q, scale, res))
     # a non-contiguous input is taken in its logical (row-major) order
     xt = x.transpose(0, 1)
     assert torch.equal(m.dropout_forward(xt, None, 5, q, scale), cpu_ext.dropout_twin(xt.contiguous(), None, 5, q,
@@ -224,7 +226,7 @@ def test_bias_dropout_autograd_against_float64():
     x = torch.randn(6, 4, 16, requires_grad=True)
     b = torch.randn(16, requires_grad=True)
     state = torch.get_rng_state()
-    y = encoder._HashDropoutFn.apply(x, b, 0.3)
+    y = encoder._HashDropoutFn.apply(x, b, 0.3, None)
     torch.set_rng_state(state)
     keep, scale = replay_keep(x.shape, 0.3, "cpp")
     ref = torch.where(keep, (x.double() + b.double()) * scale, 0.0)
@@ -284,3 +286,35 @@ def test_fused_qkv_attention_equals_three_projections(qkv_kernel, monkeypatch):
     fused.eval()
     torch.testing.assert_close(fused(x, attention_mask=mask)[0], stock(x, attention_mask=mask)[0])
 
+
+
+def test_output_block_adds_the_residual_in_the_dropout_pass(path):
+    """An installed ElectraOutput in training: LayerNorm(dropout(dense(x)) + residual) with the bias, dropout and
+    residual add in one pass, against float64 with the replayed mask: output and the gradients of x, the residual,
+    the dense and the LayerNorm; the parameter names are the stock block's."""
+    from transformers import ElectraConfig
+    from transformers.models.electra.modeling_electra import ElectraOutput
+    cfg = ElectraConfig(hidden_size=24, intermediate_size=40, hidden_dropout_prob=0.3)
+    torch.manual_seed(14)
+    block = ElectraOutput(cfg).train()
+    names = [n for n, _ in block.named_parameters()]
+    holder = nn.Module()
+    holder.block = block
+    holder.config = cfg
+    install_fast_paths(holder)
+    assert type(block.dense) is encoder.BiasDropoutLinear and [n for n, _ in block.named_parameters()] == names
+    x = torch.randn(3, 5, 40, requires_grad=True)
+    res = torch.randn(3, 5, 24, requires_grad=True)
+    state = torch.get_rng_state()
+    out = block(x, res)
+    torch.set_rng_state(state)
+    keep, scale = replay_keep((3, 5, 24), 0.3, path)
+    d, ln = block.dense, block.LayerNorm
+    h = x.double() @ d.weight.double().t() + d.bias.double()
+    ref = nn.functional.layer_norm(torch.where(keep, h * scale, 0.0) + res.double(), (24,), ln.weight.double(),
+                                   ln.bias.double(), ln.eps)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    leaves = (x, res, d.weight, d.bias, ln.weight, ln.bias)
+    for a, r in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g.double())):
+        torch.testing.assert_close(a.double(), r.double(), rtol=1e-4, atol=1e-5)

@@ -88,10 +88,12 @@ def keep_mask_twin(numel: int, seed: int, q: int) -> torch.Tensor:
     return lane >= q
 
 
-def dropout_twin(x: torch.Tensor, bias: torch.Tensor | None, seed: int, q: int, scale: float) -> torch.Tensor:
+def dropout_twin(x: torch.Tensor, bias: torch.Tensor | None, seed: int, q: int, scale: float,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
     """dropout_forward's twin: computed in float32 (float64 for float64) like the kernel, returned in x's dtype."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     v = x.to(acc) if bias is None else x.to(acc) + bias.to(acc)
     keep = keep_mask_twin(x.numel(), seed, q).view(x.shape)
-    return torch.where(keep, v * scale, 0.0).to(x.dtype)
+    out = torch.where(keep, v * scale, 0.0)
+    return (out if residual is None else out + residual.to(acc)).to(x.dtype)
 

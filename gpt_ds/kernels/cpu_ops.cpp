@@ -79,14 +79,21 @@ constexpr int64_t kGrain = 1 << 15;
 // The loops live in plain functions called from the parallel region: inside the region's outlined body gcc did not
 // vectorize them (a prototype ran several times slower).
 template <typename T>
-__attribute__((noinline)) void dropout_rows(const T* x, const T* bias, T* out, int64_t r0, int64_t r1, int64_t cols,
-                                            uint32_t k0, uint32_t k1, uint32_t q, at::opmath_type<T> scale) {
+__attribute__((noinline)) void dropout_rows(const T* x, const T* bias, const T* res, T* out, int64_t r0, int64_t r1,
+                                            int64_t cols, uint32_t k0, uint32_t k1, uint32_t q,
+                                            at::opmath_type<T> scale) {
   using acc_t = at::opmath_type<T>;  // float for float, bf16 and half; double for double
   for (int64_t r = r0; r < r1; ++r) {
     const uint64_t base = static_cast<uint64_t>(r) * cols;
     const T* __restrict__ xr = x + base;
     T* __restrict__ orow = out + base;
-    if (bias) {
+    if (res) {  // an output block's residual: dropout(x + bias) + res, one rounding
+      const T* __restrict__ rr = res + base;
+      for_lanes(base, cols, k0, k1, [&](int64_t c, uint32_t lane) {
+        const acc_t v = static_cast<acc_t>(xr[c]) + (bias ? static_cast<acc_t>(bias[c]) : acc_t(0));
+        orow[c] = static_cast<T>((lane >= q ? v * scale : acc_t(0)) + static_cast<acc_t>(rr[c]));
+      });
+    } else if (bias) {
       for_lanes(base, cols, k0, k1, [&](int64_t c, uint32_t lane) {
         const acc_t v = static_cast<acc_t>(xr[c]) + static_cast<acc_t>(bias[c]);
         orow[c] = static_cast<T>(lane >= q ? v * scale : acc_t(0));
@@ -119,10 +126,10 @@ __attribute__((noinline)) void dropout_rows_colsum(const T* x, T* out, at::opmat
 }
 
 template <typename T>
-void dropout_kernel(const T* x, const T* bias, T* out, int64_t rows, int64_t cols, Keys k) {
+void dropout_kernel(const T* x, const T* bias, const T* res, T* out, int64_t rows, int64_t cols, Keys k) {
   const auto scale = static_cast<at::opmath_type<T>>(k.scale);
   at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
-    dropout_rows<T>(x, bias, out, r0, r1, cols, k.k0, k.k1, k.q, scale);
+    dropout_rows<T>(x, bias, res, out, r0, r1, cols, k.k0, k.k1, k.q, scale);
   });
 }
 
@@ -130,9 +137,9 @@ __attribute__((noinline)) void keep_range(bool* o, int64_t a, int64_t b, uint32_
   for_lanes(static_cast<uint64_t>(a), b - a, k0, k1, [&](int64_t c, uint32_t lane) { o[a + c] = lane >= q; });
 }
 
-// out = dropout(x + bias); bias (1-D, over the last dimension) is optional.
+// out = dropout(x + bias) [+ residual]; bias (1-D, over the last dimension) and residual (x's shape) are optional.
 torch::Tensor dropout_forward(torch::Tensor x, c10::optional<torch::Tensor> bias, int64_t seed, int64_t q,
-                              double scale) {
+                              double scale, c10::optional<torch::Tensor> residual) {
   TORCH_CHECK(x.device().is_cpu(), "gpt_ds dropout_forward: CPU tensors only");
   x = x.contiguous();
   const int64_t cols = x.dim() ? x.size(-1) : 1;
@@ -142,18 +149,24 @@ torch::Tensor dropout_forward(torch::Tensor x, c10::optional<torch::Tensor> bias
     b = bias->to(x.scalar_type()).contiguous();
     TORCH_CHECK(b.dim() == 1 && b.size(0) == cols, "gpt_ds dropout_forward: bias must be 1-D of size ", cols);
   }
+  torch::Tensor r;
+  if (residual.has_value() && residual->defined()) {
+    r = residual->to(x.scalar_type()).contiguous();
+    TORCH_CHECK(r.sizes() == x.sizes(), "gpt_ds dropout_forward: residual must have x's shape ", x.sizes());
+  }
   auto out = torch::empty_like(x);
   const Keys k = keys(seed, q, scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "gpt_ds_dropout_forward", [&] {
     dropout_kernel<scalar_t>(x.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
-                             out.data_ptr<scalar_t>(), rows, cols, k);
+                             r.defined() ? r.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), rows, cols, k);
   });
   return out;
 }
 
-// The gradient of dropout_forward with respect to x (and to bias, after summing over rows).
+// The gradient of dropout_forward with respect to x (and to bias, after summing over rows; to the residual it is
+// the incoming gradient itself).
 torch::Tensor dropout_backward(torch::Tensor grad, int64_t seed, int64_t q, double scale) {
-  return dropout_forward(grad, c10::nullopt, seed, q, scale);
+  return dropout_forward(grad, c10::nullopt, seed, q, scale, c10::nullopt);
 }
 
 // -> (the gradient w.r.t. x, w.r.t. bias): the bias gradient's column sums are taken in the same pass, per thread
@@ -657,7 +670,9 @@ void gen_tile_grad_(torch::Tensor p, c10::optional<torch::Tensor> bias, torch::T
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("dropout_forward", &dropout_forward, "dropout(x + bias) from a counter-based hash");
+  m.def("dropout_forward", &dropout_forward, "dropout(x + bias) [+ residual] from a counter-based hash",
+        py::arg("x"), py::arg("bias"), py::arg("seed"), py::arg("q"), py::arg("scale"),
+        py::arg("residual") = py::none());
   m.def("dropout_backward", &dropout_backward, "gradient of dropout_forward, the mask regenerated from the seed");
   m.def("dropout_backward_bias", &dropout_backward_bias, "dropout_backward and the bias gradient in one pass");
   m.def("keep_mask", &keep_mask, "the keep decisions for elements 0..numel-1");

@@ -69,20 +69,22 @@ class _DropoutFn(torch.autograd.Function):
 
 
 class _HashDropoutFn(torch.autograd.Function):
-    """dropout(x + bias) in one pass; the backward regenerates the mask from the seed (nothing stored)."""
+    """dropout(x + bias) [+ residual] in one pass; the backward regenerates the mask from the seed (nothing
+    stored)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, p: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, p: float, residual: torch.Tensor | None):
         q, scale = cpu_ext.dropout_params(p)
         ctx.args = (cpu_ext.new_seed(), q, scale)
-        return cpu_ext.ops().dropout_forward(x, bias, *ctx.args)
+        return cpu_ext.ops().dropout_forward(x, bias, *ctx.args, residual)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        g_res = grad if ctx.needs_input_grad[3] else None
         if ctx.needs_input_grad[1]:  # the bias gradient's column sums in the same pass
             gx, gb = cpu_ext.ops().dropout_backward_bias(grad, *ctx.args)
-            return gx, gb, None
-        return cpu_ext.ops().dropout_backward(grad, *ctx.args), None, None
+            return gx, gb, None, g_res
+        return cpu_ext.ops().dropout_backward(grad, *ctx.args), None, None, g_res
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -90,7 +92,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     if not training or p == 0.0:
         return x
     if _hash_dropout(x, p):
-        return _HashDropoutFn.apply(x, None, p)
+        return _HashDropoutFn.apply(x, None, p, None)
     if x.device.type != "cpu" or p >= 1.0 or round(p * _LEVELS) == 0:
         return nn.functional.dropout(x, p, training)
     return _DropoutFn.apply(x, p)
@@ -162,9 +164,10 @@ class _QKVAttentionFn(torch.autograd.Function):
 
 
 class BiasDropoutLinear(nn.Linear):
-    """nn.Linear whose forward also applies its parent's dropout: on the CPU the bias add and the dropout are one
-    pass of the C++ kernel (no bias broadcast into the matmul's output, no stored mask). Same parameters and names as
-    the nn.Linear it replaces; elsewhere it is linear, then dropout."""
+    """nn.Linear whose forward also applies its parent's dropout, and adds the parent's residual when given: on the
+    CPU the bias add, the dropout and the residual add are one pass of the C++ kernel (no bias broadcast into the
+    matmul's output, no stored mask). Same parameters and names as the nn.Linear it replaces; elsewhere it is
+    linear, then dropout, then the residual add."""
 
     def __init__(self, linear: nn.Linear, p: float):
         nn.Module.__init__(self)
@@ -172,10 +175,17 @@ class BiasDropoutLinear(nn.Linear):
         self.weight, self.bias = linear.weight, linear.bias
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.training and self.bias is not None and _hash_dropout(x, self.p):
-            return _HashDropoutFn.apply(nn.functional.linear(x, self.weight), self.bias, self.p)
-        return fast_dropout(nn.functional.linear(x, self.weight, self.bias), self.p, self.training)
+            return _HashDropoutFn.apply(nn.functional.linear(x, self.weight), self.bias, self.p, residual)
+        out = fast_dropout(nn.functional.linear(x, self.weight, self.bias), self.p, self.training)
+        return out if residual is None else out + residual
+
+
+def _output_block_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+    """ElectraSelfOutput / ElectraOutput forward, LayerNorm(dropout(dense(x)) + residual), with the residual add in
+    the dense's dropout pass (the dense module is still called, so ZeRO-3 gathers its parameters as before)."""
+    return self.LayerNorm(self.dense(hidden_states, input_tensor))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dropout={self.p}"
@@ -201,15 +211,20 @@ def _fused_qkv_forward(self, hidden_states: torch.Tensor, attention_mask: torch.
     return out.transpose(1, 2).reshape(b, n, h * d), None
 
 
-_FUSED_CLASSES: dict = {}
+_FUSED_CLASSES: dict = {}  # ElectraSelfAttention class -> its fused-Q/K/V subclass
+_OUTPUT_CLASSES: dict = {}  # output block class -> its residual-in-dropout subclass
+
+
+def _swap_forward(module: nn.Module, forward, classes: dict) -> None:
+    """Give `module` another forward through a subclass (same children, parameters, names and state dict)."""
+    cls = type(module)
+    if cls not in classes:
+        classes[cls] = type("GptDs" + cls.__name__, (cls,), {"forward": forward})
+    module.__class__ = classes[cls]
 
 
 def _fuse_qkv(module: nn.Module) -> None:
-    """Give an ElectraSelfAttention the fused forward (a subclass: same children, parameters and names)."""
-    cls = type(module)
-    if cls not in _FUSED_CLASSES:
-        _FUSED_CLASSES[cls] = type("GptDs" + cls.__name__, (cls,), {"forward": _fused_qkv_forward})
-    module.__class__ = _FUSED_CLASSES[cls]
+    _swap_forward(module, _fused_qkv_forward, _FUSED_CLASSES)
 
 
 def zero3_external_parameters(tower: nn.Module) -> list[tuple[nn.Module, nn.Parameter]]:
@@ -260,6 +275,7 @@ def install_fast_paths(tower: nn.Module) -> nn.Module:
             if type(module.dropout) is nn.Dropout and not module.dropout.inplace:
                 module.dense = BiasDropoutLinear(module.dense, module.dropout.p)
                 module.dropout = nn.Identity()
+                _swap_forward(module, _output_block_forward, _OUTPUT_CLASSES)
         if type(module).__name__ == "ElectraSelfAttention" and all(
                 type(getattr(module, n, None)) is nn.Linear for n in ("query", "key", "value")):
             _fuse_qkv(module)

@@ -16,8 +16,14 @@ def encoder_forward_flops(tokens: int, seq_len: int, hidden: int, layers: int, f
     return float(tokens) * (layers * per_token_layer + project)
 
 
+def attention_flops(tokens: int, seq_len: int, hidden: int, layers: int) -> float:
+    """The forward's score and context products (QK^T and PV), part of encoder_forward_flops."""
+    return float(tokens) * layers * 2 * 2 * seq_len * hidden
+
+
 def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
-    """FLOPs of one optimizer step over the global batch; keys: generator, discriminator, sampling, total."""
+    """FLOPs of one optimizer step over the global batch; keys: generator, discriminator, sampling, total, and
+    attention (the part of total in the attention's score and context products, forward and backward)."""
     m, o = cfg.model, cfg.objective
     v = vocab_size or m.vocab_size
     L = cfg.data.seq_len
@@ -27,7 +33,8 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     if o.kind == "mlm":
         gen = (encoder_forward_flops(tokens, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
                + masked * 2 * (m.hidden_size * e + e * v))
-        return {"generator": 3 * gen, "discriminator": 0.0, "sampling": 0.0, "total": 3 * gen, "tokens": tokens}
+        return {"generator": 3 * gen, "discriminator": 0.0, "sampling": 0.0, "total": 3 * gen, "tokens": tokens,
+                "attention": 3 * attention_flops(tokens, L, m.hidden_size, m.num_layers)}
     g = generator_sizes(m)
     gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], e)
            + masked * 2 * (g["hidden_size"] * e + e * v))
@@ -35,7 +42,10 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
             + tokens * 2 * (m.hidden_size * m.hidden_size + m.hidden_size))
     sampling = masked * 6.0 * v  # softmax + noise + argmax over the vocabulary, forward only
     total = 3 * gen + 3 * disc + sampling
-    return {"generator": 3 * gen, "discriminator": 3 * disc, "sampling": sampling, "total": total, "tokens": tokens}
+    attn = attention_flops(tokens, L, g["hidden_size"], g["num_layers"]) + attention_flops(tokens, L, m.hidden_size,
+                                                                                           m.num_layers)
+    return {"generator": 3 * gen, "discriminator": 3 * disc, "sampling": sampling, "total": total, "tokens": tokens,
+            "attention": 3 * attn}
 
 
 def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
