@@ -7,10 +7,13 @@ use by cpu_ext):
 - dropout keeps element i when a 16-bit lane of a counter hash of (seed, i) is >= q = round(p * 65536) and scales kept
   values by 65536 / (65536 - q), so the expectation is exact; the backward regenerates the mask from the seed. The
   seed is drawn from torch's default generator: checkpoints restore it and activation checkpointing replays it;
-- the output blocks' dense + bias + dropout (`BiasDropoutLinear`) add the bias inside the dropout's one pass (a
-  fused bias + GELU was tried and dropped: ATen's GELU kernel was faster than it);
-- attention with dropout (`cpu_attention`, registered with transformers' AttentionInterface) scales, masks, softmaxes
-  and drops in one pass each way.
+- the output blocks' dense + bias + dropout + residual (`BiasDropoutLinear`) add the bias and the residual inside the
+  dropout's one pass, whose backward also sums the bias gradient (a fused bias + GELU was tried and dropped: ATen's
+  oneDNN GELU was faster than it);
+- self-attention runs one Q/K/V matmul, then C++ tasks per (sequence, head) on the projection's output in place
+  (`_QKVAttentionFn`: BLAS products on strided head views, scale, mask, softmax and dropout, no layout copies);
+  without BLAS, and for other modules (`cpu_attention`, registered with transformers' AttentionInterface), the C++
+  core scales, masks, softmaxes and drops between batched matmuls in one pass each way.
 Without the extension (no compiler) dropout falls back to masks from 16-bit lanes of `random_` words (`keep_mask`),
 and the rest to stock torch ops. Without dropout, in eval mode or on a GPU, attention hands over to transformers' SDPA.
 
