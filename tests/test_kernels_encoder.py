@@ -303,6 +303,7 @@ def test_output_block_adds_the_residual_in_the_dropout_pass(path):
     holder.config = cfg
     install_fast_paths(holder)
     assert type(block.dense) is encoder.BiasDropoutLinear and [n for n, _ in block.named_parameters()] == names
+    assert "dropout=0.3" in repr(block.dense)
     x = torch.randn(3, 5, 40, requires_grad=True)
     res = torch.randn(3, 5, 24, requires_grad=True)
     state = torch.get_rng_state()

@@ -184,14 +184,14 @@ class BiasDropoutLinear(nn.Linear):
         out = fast_dropout(nn.functional.linear(x, self.weight, self.bias), self.p, self.training)
         return out if residual is None else out + residual
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, dropout={self.p}"
+
 
 def _output_block_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
     """ElectraSelfOutput / ElectraOutput forward, LayerNorm(dropout(dense(x)) + residual), with the residual add in
     the dense's dropout pass (the dense module is still called, so ZeRO-3 gathers its parameters as before)."""
     return self.LayerNorm(self.dense(hidden_states, input_tensor))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dropout={self.p}"
 
 
 def _fused_qkv_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache=None,
