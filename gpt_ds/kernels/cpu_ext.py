@@ -29,6 +29,10 @@ _state: dict = {}
 _FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma",
                      "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
           "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]}
+# No fused multiply-adds the source does not ask for: the plain loops must round as their tensor twins do (gcc fused
+# dropout's `x * scale + residual` into one FMA in the AVX2 build, one ulp off the twin; ATen's vector types call
+# their FMAs explicitly and are not affected).
+_COMMON = ["-O3", "-fopenmp", "-ffp-contract=off"]
 
 
 def ops():
@@ -52,7 +56,7 @@ def _build():
         from torch.utils.cpp_extension import load
         src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cpp")
         return load(name=f"gpt_ds_cpu_ops_{cap.lower()}", sources=[src], verbose=False,
-                    extra_cflags=["-O3", "-fopenmp", *_FLAGS.get(cap, [])], extra_ldflags=["-fopenmp"])
+                    extra_cflags=[*_COMMON, *_FLAGS.get(cap, [])], extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the plain PyTorch paths still work
         log.warning("gpt_ds: the fused CPU kernels could not be built (%s: %s); CPU training uses the slower plain "
                     "PyTorch paths. Install a C++ compiler (g++) and ninja, or set GPT_DS_CPU_EXT=0 to silence this.",

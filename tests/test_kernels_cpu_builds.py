@@ -1,0 +1,36 @@
+"""The C++ CPU kernels are built once per CPU capability (a cluster's nodes can differ, and one home directory serves
+them all): the AVX2 and the portable builds must hold to the same twins and float64 references as this machine's."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+# This machine's capability is what the rest of the suite runs; these are the others it can execute.
+OTHERS = {"AVX512": ["avx2", "default"], "AVX2": ["default"]}.get(torch.backends.cpu.get_cpu_capability(), [])
+
+RUN = """
+import sys, pytest
+from gpt_ds.kernels import cpu_ext
+m = cpu_ext.ops()
+assert m is not None and m.__name__ == "gpt_ds_cpu_ops_" + sys.argv[1], m
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "tests/test_kernels_encoder.py",
+                      "tests/test_kernels_generator.py"]))
+"""
+
+
+@pytest.mark.parametrize("cap", ["avx2", "default"])
+def test_other_cpu_capability_builds_pass_the_kernel_tests(cap):
+    """torch's ATEN_CPU_CAPABILITY selects the variant (ATen's vector types and gpt_ds's build together); the encoder
+    and generator kernel tests then run against it in a fresh process. (The AVX2 build once fused dropout's
+    `x * scale + residual` into an FMA, one ulp off its twin: the build now turns contraction off.)"""
+    if cap not in OTHERS:
+        pytest.skip(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) cannot run the {cap} build")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", RUN, cap], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert " passed" in p.stdout and "failed" not in p.stdout, p.stdout[-2000:]
