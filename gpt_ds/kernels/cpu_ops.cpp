@@ -266,6 +266,26 @@ __attribute__((noinline)) void softmax_dropout_grad_row(const float* gyd, const 
   for (int64_t i = 0; i < n; ++i) gs[i] = y[i] * (gs[i] - dot) * scale;
 }
 
+// An attention mask's rows: bool (B, 1 or H, Lq, Lk), True = attend (sdpa_mask's layout), or none.
+struct MaskRows {
+  const bool* data;
+  int64_t mh, Lq, Lk;
+  const bool* row(int64_t b, int64_t h, int64_t i) const {
+    return data ? data + ((b * mh + (mh == 1 ? 0 : h)) * Lq + i) * Lk : nullptr;
+  }
+};
+
+MaskRows mask_rows(const c10::optional<torch::Tensor>& mask, torch::Tensor& held, int64_t B, int64_t H, int64_t Lq,
+                   int64_t Lk, const char* name) {
+  if (!mask.has_value() || !mask->defined()) return {nullptr, 1, Lq, Lk};
+  held = mask->contiguous();
+  TORCH_CHECK(held.scalar_type() == at::kBool && held.dim() == 4 && held.size(0) == B && held.size(2) == Lq &&
+                  held.size(3) == Lk && (held.size(1) == 1 || held.size(1) == H),
+              name, ": the attention mask must be bool (B, 1 or heads, Lq, Lk) with True = attend, as transformers' "
+              "sdpa_mask builds it; got ", held.scalar_type(), " ", held.sizes());
+  return {held.data_ptr<bool>(), held.size(1), Lq, Lk};
+}
+
 // scores (B, H, Lq, Lk) contiguous float32; mask: optional bool (B, 1 or H, Lq, Lk), True = attend.
 // Returns (y = softmax(scores * scale) over unmasked keys, yd = dropout(y)); dropout element i = flat index in yd.
 std::vector<torch::Tensor> attention_softmax_dropout(torch::Tensor scores, c10::optional<torch::Tensor> mask,
@@ -273,17 +293,8 @@ std::vector<torch::Tensor> attention_softmax_dropout(torch::Tensor scores, c10::
   TORCH_CHECK(scores.dim() == 4 && scores.is_contiguous() && scores.scalar_type() == at::kFloat,
               "attention_softmax_dropout: scores must be contiguous float32 (B, H, Lq, Lk)");
   const int64_t B = scores.size(0), H = scores.size(1), Lq = scores.size(2), Lk = scores.size(3);
-  const bool* mk = nullptr;
-  int64_t mh = 1;
-  torch::Tensor mc;
-  if (mask.has_value() && mask->defined()) {
-    mc = mask->contiguous();
-    TORCH_CHECK(mc.scalar_type() == at::kBool && mc.dim() == 4 && mc.size(0) == B && mc.size(2) == Lq &&
-                    mc.size(3) == Lk && (mc.size(1) == 1 || mc.size(1) == H),
-                "attention_softmax_dropout: mask must be bool (B, 1 or H, Lq, Lk)");
-    mk = mc.data_ptr<bool>();
-    mh = mc.size(1);
-  }
+  torch::Tensor held;
+  const MaskRows mk = mask_rows(mask, held, B, H, Lq, Lk, "attention_softmax_dropout");
   auto y = torch::empty_like(scores), yd = torch::empty_like(scores);
   const Keys k = keys(seed, q, dscale);
   const float* S = scores.data_ptr<float>();
@@ -292,8 +303,7 @@ std::vector<torch::Tensor> attention_softmax_dropout(torch::Tensor scores, c10::
   at::parallel_for(0, B * H * Lq, std::max<int64_t>(1, kGrain / std::max<int64_t>(Lk, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / (H * Lq), h = (r / Lq) % H, i = r % Lq;
-      const bool* mrow = mk ? mk + ((b * mh + (mh == 1 ? 0 : h)) * Lq + i) * Lk : nullptr;
-      softmax_dropout_row(S + r * Lk, mrow, Y + r * Lk, YD + r * Lk, Lk, sc, static_cast<uint64_t>(r) * Lk, k);
+      softmax_dropout_row(S + r * Lk, mk.row(b, h, i), Y + r * Lk, YD + r * Lk, Lk, sc, static_cast<uint64_t>(r) * Lk, k);
     }
   });
   return {y, yd};
@@ -364,18 +374,6 @@ QkvShape qkv_shape(const torch::Tensor& qkv, int64_t heads, const char* name) {
   return {qkv.size(0), qkv.size(1), heads, E / heads, E};
 }
 
-const bool* attention_mask_ptr(const c10::optional<torch::Tensor>& mask, torch::Tensor& held, const QkvShape& s,
-                               int64_t& mh) {
-  mh = 1;
-  if (!mask.has_value() || !mask->defined()) return nullptr;
-  held = mask->contiguous();
-  TORCH_CHECK(held.scalar_type() == at::kBool && held.dim() == 4 && held.size(0) == s.B && held.size(2) == s.L &&
-                  held.size(3) == s.L && (held.size(1) == 1 || held.size(1) == s.heads),
-              "qkv_attention: mask must be bool (B, 1 or heads, L, L)");
-  mh = held.size(1);
-  return held.data_ptr<bool>();
-}
-
 // -> (context (B, L, E), y = softmax probabilities (B, heads, L, L), saved for the backward); qkv gets its bias.
 std::vector<torch::Tensor> qkv_attention_forward(torch::Tensor qkv, torch::Tensor bias, c10::optional<torch::Tensor> mask,
                                                  int64_t heads, double scale, int64_t seed, int64_t q, double dscale) {
@@ -383,8 +381,7 @@ std::vector<torch::Tensor> qkv_attention_forward(torch::Tensor qkv, torch::Tenso
   TORCH_CHECK(bias.dim() == 1 && bias.is_contiguous() && bias.scalar_type() == at::kFloat && bias.numel() == 3 * s.E,
               "qkv_attention_forward: bias must be contiguous float32 of 3 x heads x d");
   torch::Tensor held;
-  int64_t mh;
-  const bool* mk = attention_mask_ptr(mask, held, s, mh);
+  const MaskRows mk = mask_rows(mask, held, s.B, s.heads, s.L, s.L, "qkv_attention_forward");
   auto ctx = torch::empty({s.B, s.L, s.E}, qkv.options());
   auto y = torch::empty({s.B, s.heads, s.L, s.L}, qkv.options());
   const Keys k = keys(seed, q, dscale);
@@ -405,8 +402,7 @@ std::vector<torch::Tensor> qkv_attention_forward(torch::Tensor qkv, torch::Tenso
       const float *Q = base, *K = base + s.E, *V = base + 2 * s.E;
       gemm_rm(false, true, L, L, d, Q, ld, K, ld, 0.0f, S.data(), L);
       for (int64_t i = 0; i < s.L; ++i) {
-        const bool* mrow = mk ? mk + ((b * mh + (mh == 1 ? 0 : h)) * s.L + i) * s.L : nullptr;
-        softmax_dropout_row(S.data() + i * s.L, mrow, Y + (t * s.L + i) * s.L, YD.data() + i * s.L, s.L, sc,
+        softmax_dropout_row(S.data() + i * s.L, mk.row(b, h, i), Y + (t * s.L + i) * s.L, YD.data() + i * s.L, s.L, sc,
                             static_cast<uint64_t>(t * s.L + i) * s.L, k);
       }
       gemm_rm(false, false, L, d, L, YD.data(), L, V, ld, 0.0f, O + b * s.L * s.E + h * s.d, static_cast<int>(s.E));
@@ -470,13 +466,20 @@ std::vector<torch::Tensor> qkv_attention_backward(torch::Tensor grad_ctx, torch:
   return {dqkv, pbias.sum(0)};
 }
 
-// noise.gumbel_i32 for one row: -log(-log(u)), u = (((h >> 9) & 0x7fffff) + 0.5) / 2^23, h = mix32(key ^ column).
+// The 23-bit uniform index of column c: u = (k + 0.5) / 2^23, k = (mix32(key ^ c) >> 9) & 0x7fffff.
+inline uint32_t gumbel_k(uint32_t key, int64_t c) { return (mix32(key ^ static_cast<uint32_t>(c)) >> 9) & 0x7fffffU; }
+
+// k (as float) -> -log(-log(u)) in place over n values: the one transform both noise paths use, ATen's vectorized
+// log as torch.log calls it, so every path draws the twin's noise bit for bit.
+inline void gumbel_from_k(float* k, int64_t n) {
+  at::vec::map([](Vec u) { return ((u + Vec(0.5f)) * Vec(1.0f / 8388608.0f)).log().neg().log().neg(); }, k, k, n);
+}
+
+// noise.gumbel_i32 for one row of n columns from c0.
 __attribute__((noinline)) void gumbel_row(uint32_t key, int64_t c0, int64_t n, float* out) {
 #pragma omp simd
-  for (int64_t c = 0; c < n; ++c)
-    out[c] = static_cast<float>((mix32(key ^ static_cast<uint32_t>(c0 + c)) >> 9) & 0x7fffffU);
-  at::vec::map([](Vec u) { return ((u + Vec(0.5f)) * Vec(1.0f / 8388608.0f)).log().neg().log().neg(); }, out, out,
-               n);
+  for (int64_t c = 0; c < n; ++c) out[c] = static_cast<float>(gumbel_k(key, c0 + c));
+  gumbel_from_k(out, n);
 }
 
 // First index of the row maximum (ties to the lowest column, as torch.max / argmax).
@@ -507,8 +510,8 @@ const float* tile_bias(const c10::optional<torch::Tensor>& bias, int64_t cols, c
 
 // The smallest 23-bit uniform index k (u = (k + 0.5) / 2^23) whose Gumbel noise -log(-log u) can lift a logit
 // x / T <= zt_max above z_best; 0 when every column must be drawn. Columns with a smaller k are provably no sample,
-// so their two logs are skipped: after the first tile, z_best sits a few nats above the row's logits and only
-// about one column in a thousand is drawn. The margin is far above float32's error in the logs and the sum, so the
+// so their two logs are skipped: after the first tile z_best leads the row's logits by some c nats, and a share
+// 1 - exp(-e^-c) of the columns is drawn (one in about a thousand at c = 7). The margin is far above float32's error in the logs and the sum, so the
 // columns left out are exactly those that cannot win and the sample equals the full computation's.
 int64_t gumbel_kmin(float z_best, float zt_max) {
   if (!(z_best > -std::numeric_limits<float>::infinity())) return 0;
@@ -532,7 +535,7 @@ std::pair<float, int64_t> sparse_gumbel_max(const float* x, int64_t cols, int64_
     uint32_t any = 0;
 #pragma omp simd reduction(| : any)
     for (int64_t j = c; j < e; ++j) {
-      const uint32_t k = (mix32(key ^ static_cast<uint32_t>(c0 + j)) >> 9) & 0x7fffffU;
+      const uint32_t k = gumbel_k(key, c0 + j);
       kb[j] = k;
       any |= static_cast<uint32_t>(k >= kmin32);
     }
@@ -541,8 +544,7 @@ std::pair<float, int64_t> sparse_gumbel_max(const float* x, int64_t cols, int64_
         if (kb[j] >= kmin32) idx[n++] = static_cast<int32_t>(j);
   }
   for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(kb[idx[j]]);  // j <= idx[j]: in-place is safe
-  at::vec::map([](Vec u) { return ((u + Vec(0.5f)) * Vec(1.0f / 8388608.0f)).log().neg().log().neg(); }, buf, buf,
-               n);
+  gumbel_from_k(buf, n);
   float best = -std::numeric_limits<float>::infinity();
   int64_t arg = -1;
   for (int64_t j = 0; j < n; ++j) {
@@ -555,6 +557,19 @@ std::pair<float, int64_t> sparse_gumbel_max(const float* x, int64_t cols, int64_
     }
   }
   return {best, arg};
+}
+
+// Gumbel-max over all columns of the row (the first tile, or a row whose running sample does not lead its logits).
+std::pair<float, int64_t> dense_gumbel_max(const float* x, int64_t cols, int64_t c0, uint32_t key, float temp,
+                                           bool unit_temp, int64_t banned_col, float* z) {
+  gumbel_row(key, c0, cols, z);
+  if (unit_temp) {
+    at::vec::map2([](Vec g, Vec v) { return g + v; }, z, z, x, cols);
+  } else {
+    at::vec::map2([temp](Vec g, Vec v) { return g + v / Vec(temp); }, z, z, x, cols);
+  }
+  if (banned_col >= 0 && banned_col < cols) z[banned_col] = -std::numeric_limits<float>::infinity();
+  return row_max(z, cols);
 }
 
 // One row of gen_tile_forward (state passed by reference); bias (or null) is added to the row's logits in place.
@@ -572,24 +587,11 @@ __attribute__((noinline)) void forward_row(float* x, const float* bias, int64_t 
   const int64_t t = target - c0;
   if (t >= 0 && t < cols) tgt += x[t];
   const float zt_max = temperature == 1.0 ? tmax : tmax / temp;
-  const int64_t kmin = zt_max + static_cast<float>(gumbel_max) >= z_best ? gumbel_kmin(z_best, zt_max) : -1;
-  if (kmin > 0) {
+  if (zt_max + static_cast<float>(gumbel_max) >= z_best) {  // else no column of this tile can win
+    const int64_t kmin = gumbel_kmin(z_best, zt_max);
     const int64_t b = banned >= 0 ? banned - c0 : -1;
-    const auto [zmax, zarg] = sparse_gumbel_max(x, cols, c0, key, kmin, temp, temperature == 1.0, b, z, idx);
-    if (zmax > z_best) {
-      z_best = zmax;
-      z_idx = zarg + c0;
-    }
-  } else if (kmin == 0) {
-    gumbel_row(key, c0, cols, z);
-    if (temperature == 1.0) {
-      at::vec::map2([](Vec g, Vec v) { return g + v; }, z, z, x, cols);
-    } else {
-      at::vec::map2([temp](Vec g, Vec v) { return g + v / Vec(temp); }, z, z, x, cols);
-    }
-    const int64_t b = banned - c0;
-    if (banned >= 0 && b >= 0 && b < cols) z[b] = -std::numeric_limits<float>::infinity();
-    const auto [zmax, zarg] = row_max(z, cols);
+    const auto [zmax, zarg] = kmin > 0 ? sparse_gumbel_max(x, cols, c0, key, kmin, temp, temperature == 1.0, b, z, idx)
+                                       : dense_gumbel_max(x, cols, c0, key, temp, temperature == 1.0, b, z);
     if (zmax > z_best) {
       z_best = zmax;
       z_idx = zarg + c0;

@@ -10,15 +10,15 @@ from __future__ import annotations
 from gpt_ds.config import Config, generator_sizes
 
 
-def encoder_forward_flops(tokens: int, seq_len: int, hidden: int, layers: int, ffn: int, embedding: int) -> float:
-    per_token_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * 2 * seq_len * hidden  # proj + ffn + attn
-    project = 2 * embedding * hidden if embedding != hidden else 0
-    return float(tokens) * (layers * per_token_layer + project)
-
-
 def attention_flops(tokens: int, seq_len: int, hidden: int, layers: int) -> float:
     """The forward's score and context products (QK^T and PV), part of encoder_forward_flops."""
     return float(tokens) * layers * 2 * 2 * seq_len * hidden
+
+
+def encoder_forward_flops(tokens: int, seq_len: int, hidden: int, layers: int, ffn: int, embedding: int) -> float:
+    per_token_layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn)  # Q/K/V/output projections + FFN
+    project = 2 * embedding * hidden if embedding != hidden else 0
+    return float(tokens) * (layers * per_token_layer + project) + attention_flops(tokens, seq_len, hidden, layers)
 
 
 def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
