@@ -8,7 +8,9 @@ first full-size forward + backward; then --repeats timed steps of it and of the 
 machine's load hits both alike); medians. The reference generator allocates
 several N x V tensors (~16 GB here): a pilot at N/8 sizes it, and N is lowered (and reported) if memory is short.
 GPU: `--device cuda` times triton / torch / reference / Liger / CCE in one process (bf16), with CUDA's allocator
-peak, TFLOP/s on 6*N*E*V against a measured bf16 matmul peak, and accuracy against float64.
+peak, TFLOP/s on 6*N*E*V against a measured bf16 matmul peak; accuracy against float64 (bf16 at the bench's size, and
+fp32 + bf16 of both heads at N=4096 against the full-logits reference run in float64). Each part runs guarded: one
+that fails is reported as `<part>_error` and the others still run (a device lease is short).
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -164,12 +166,6 @@ def _cuda_peak(fn) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def _matmul_peak() -> float:
-    import torch
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    return 2 * 8192 ** 3 / _cuda_time(lambda: a @ a, iters=20)
-
-
 def _gen_float64(leaves, t, chunk=2048):
     """float64 loss and gradients of hidden and weight, chunked over rows."""
     import torch
@@ -186,14 +182,60 @@ def _gen_float64(leaves, t, chunk=2048):
     return loss / h.shape[0], gh, gw
 
 
+def _grad_rel_err(leaves, refs) -> float:
+    return max(float((p.grad.double() - r).abs().max() / r.abs().max().clamp(min=1e-30)) for p, r in zip(leaves, refs))
+
+
+def _float64_grads(head: str, leaves, labels):
+    """Loss and gradients of the plain full-logits head (gpt_ds.kernels.reference) in float64 on the same device."""
+    import torch
+    from gpt_ds.kernels.reference import discriminator_head_reference, generator_head_reference
+    x64 = [p.detach().double().requires_grad_() for p in leaves]
+    if head == "gen":
+        loss, _, _ = generator_head_reference(*x64, labels, temperature=1.0, seed=1, disallow_correct=False,
+                                              row_ids=torch.arange(len(labels), device=labels.device),
+                                              ignore_index=-100)
+    else:
+        loss, _ = discriminator_head_reference(*x64, labels)
+    loss.backward()
+    return float(loss.detach()), [p.grad for p in x64]
+
+
+def _accuracy(head: str, impl: str, dtype, n: int, e: int, v: int, device: str = "cuda") -> dict:
+    """|loss - float64| and the worst gradient's max relative error, at (n, e, v) in `dtype`."""
+    import torch
+    leaves, labels = _inputs(head, n, e, v, dtype, device=device, seed=3)
+    out = _step(head, impl, leaves, labels)
+    loss64, refs = _float64_grads(head, leaves, labels)
+    res = {"loss_abs_err": abs(float(out.loss) - loss64), "grad_rel_err": _grad_rel_err(leaves, refs)}
+    if head == "gen":
+        other = _step(head, "torch" if impl == "triton" else "triton", leaves, labels)
+        res["samples_equal_other_path"] = float((out.sampled == other.sampled).float().mean())
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def _section(res: dict, name: str, fn) -> None:
+    """One part of the GPU run; a failure is recorded under `name` and the other parts still run."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - a one-shot device run reports every part it can
+        import traceback
+        traceback.print_exc()
+        res[f"{name}_error"] = f"{exc.__class__.__name__}: {exc}"[:300]
+
+
 def run_cuda(args) -> dict:
     import torch
+    from gpt_ds.train.flops import measure_matmul_flops
     torch.backends.cuda.matmul.allow_tf32 = False
     n, e, v = args.n, args.e, args.v
-    res = {"device": torch.cuda.get_device_name(), "gen_n": n, "gen_e": e, "gen_v": v,
-           "bf16_matmul_peak_tflops": _matmul_peak() / 1e12}
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gen_n": n, "gen_e": e, "gen_v": v,
+           "bf16_matmul_peak_tflops": measure_matmul_flops(device="cuda", precision="bf16", repeats=20) / 1e12}
     leaves, t = _inputs("gen", n, e, v, torch.bfloat16, device="cuda")
     fns = {impl: (lambda impl=impl: _step("gen", impl, leaves, t)) for impl in ("triton", "torch", "reference")}
+
     def external(fn):
         def run():
             for p in leaves:
@@ -213,32 +255,51 @@ def run_cuda(args) -> dict:
     except Exception as exc:  # noqa: BLE001
         res["cce"] = f"not run: {exc.__class__.__name__}: {exc}"[:200]
     flop = 6 * n * e * v
-    for name, fn in fns.items():
-        sec = _cuda_time(fn)
-        res[f"gen_{name}_ms"] = sec * 1e3
-        res[f"gen_{name}_tflops"] = flop / sec / 1e12
-        res[f"gen_{name}_peak_mb"] = _cuda_peak(fn) / 2 ** 20
-    res["gen_triton_frac_of_peak"] = res["gen_triton_tflops"] / res["bf16_matmul_peak_tflops"]
-    if "gen_liger_ms" in res:
-        res["gen_triton_speedup_vs_liger"] = res["gen_liger_ms"] / res["gen_triton_ms"]
-    loss64, gh64, gw64 = _gen_float64(leaves, t)
-    out = _step("gen", "triton", leaves, t)
-    res["gen_triton_loss_abs_err"] = abs(float(out.loss) - loss64)
-    res["gen_triton_grad_rel_err"] = max(float((g.double() - r).abs().max() / r.abs().max())
-                                         for g, r in ((leaves[0].grad, gh64), (leaves[1].grad, gw64)))
-    res["gen_samples_equal_triton_torch"] = float((out.sampled == _step("gen", "torch", leaves, t).sampled)
-                                                  .float().mean())
-    dl, y = _inputs("disc", n, args.h, 0, torch.bfloat16, device="cuda")
-    for impl in ("triton", "torch", "reference"):
-        res[f"disc_{impl}_ms"] = _cuda_time(lambda impl=impl: _step("disc", impl, dl, y)) * 1e3
-        res[f"disc_{impl}_peak_mb"] = _cuda_peak(lambda impl=impl: _step("disc", impl, dl, y)) / 2 ** 20
-    x, w1 = dl[0].detach(), dl[1].detach()
-    d = torch.randn_like(x)
-    three = _cuda_time(lambda: (x @ w1.t(), d @ w1, d.t() @ x))
-    four = _cuda_time(lambda: (x @ w1.t(), x @ w1.t(), d @ w1, d.t() @ x))
-    res.update(disc_gemms3_ms=three * 1e3, disc_gemms4_ms=four * 1e3,
-               disc_triton_vs_gemms3=res["disc_triton_ms"] / (three * 1e3),
-               disc_triton_vs_gemms4=res["disc_triton_ms"] / (four * 1e3))
+
+    def timings():
+        for name, fn in fns.items():
+            def one(name=name, fn=fn):
+                sec = _cuda_time(fn)
+                res[f"gen_{name}_ms"] = sec * 1e3
+                res[f"gen_{name}_tflops"] = flop / sec / 1e12
+                res[f"gen_{name}_peak_mb"] = _cuda_peak(fn) / 2 ** 20
+            _section(res, f"gen_{name}", one)
+        res["gen_triton_frac_of_peak"] = res["gen_triton_tflops"] / res["bf16_matmul_peak_tflops"]
+        if "gen_liger_ms" in res:
+            res["gen_triton_speedup_vs_liger"] = res["gen_liger_ms"] / res["gen_triton_ms"]
+        if "gen_cce_ms" in res:
+            res["gen_triton_speedup_vs_cce"] = res["gen_cce_ms"] / res["gen_triton_ms"]
+    _section(res, "gen_timing", timings)
+
+    def bench_shape_accuracy():  # bf16 at the bench's size, against float64 computed in row chunks
+        loss64, gh64, gw64 = _gen_float64(leaves, t)
+        out = _step("gen", "triton", leaves, t)
+        res["gen_triton_loss_abs_err"] = abs(float(out.loss) - loss64)
+        res["gen_triton_grad_rel_err"] = _grad_rel_err(leaves[:2], (gh64, gw64))
+        res["gen_samples_equal_triton_torch"] = float((out.sampled == _step("gen", "torch", leaves, t).sampled)
+                                                      .float().mean())
+    _section(res, "gen_accuracy", bench_shape_accuracy)
+    del leaves, fns
+    torch.cuda.empty_cache()
+    for dtype in (torch.float32, torch.bfloat16):  # full-logits float64 oracle: a smaller N
+        tag = str(dtype).split(".")[1]
+        for head, width in (("gen", e), ("disc", args.h)):
+            _section(res, f"{head}_{tag}", lambda head=head, width=width, dtype=dtype, tag=tag: res.update(
+                {f"{head}_triton_{tag}_{k}": x for k, x in _accuracy(head, "triton", dtype, 4096, width, v).items()}))
+
+    def disc_timing():
+        dl, y = _inputs("disc", n, args.h, 0, torch.bfloat16, device="cuda")
+        for impl in ("triton", "torch", "reference"):
+            res[f"disc_{impl}_ms"] = _cuda_time(lambda impl=impl: _step("disc", impl, dl, y)) * 1e3
+            res[f"disc_{impl}_peak_mb"] = _cuda_peak(lambda impl=impl: _step("disc", impl, dl, y)) / 2 ** 20
+        x, w1 = dl[0].detach(), dl[1].detach()
+        d = torch.randn_like(x)
+        three = _cuda_time(lambda: (x @ w1.t(), d @ w1, d.t() @ x))
+        four = _cuda_time(lambda: (x @ w1.t(), x @ w1.t(), d @ w1, d.t() @ x))
+        res.update(disc_gemms3_ms=three * 1e3, disc_gemms4_ms=four * 1e3,
+                   disc_triton_vs_gemms3=res["disc_triton_ms"] / (three * 1e3),
+                   disc_triton_vs_gemms4=res["disc_triton_ms"] / (four * 1e3))
+    _section(res, "disc_timing", disc_timing)
     return res
 
 

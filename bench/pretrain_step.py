@@ -8,7 +8,13 @@ FLOPs, gpt_ds.train.flops, per second over that rate) are medians of the per-rou
 warm-up); matmul_time_share (one profiled step) says how much of the step ATen's matmul operators take, and
 matmul_rate_vs_peak how fast they run. On the CPU the attention's score and context products run inside gpt_ds's
 C++ attention operators (with the softmax and dropout): their share of the step is attention_op_share, and their
-FLOPs are left out of matmul_rate_vs_peak. Last line: one JSON object.
+FLOPs are left out of matmul_rate_vs_peak.
+--kernels takes a list (`auto,reference`): the first is the headline (`<preset>_speedup_vs_hf`, ...); each other one
+gets `<preset>_<kernels>_*` figures and `<preset>_<first>_speedup_vs_<kernels>`, all timed in the same rounds.
+GPU: `--device cuda` runs the same on CUDA (NCCL, one GPU), by default in bf16 (DeepSpeed's bf16 config; the reference
+under torch.autocast) with kernels `triton,torch`; steps are timed between synchronizations and MFU is against a bf16
+8192^2 matmul measured in each round (the operator shares are CPU-only). Liger-Kernel and cut-cross-entropy replace
+only a loss, not a step: they are compared in bench/heads.py. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -21,17 +27,17 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def _ours(preset: str, args, run_dir: str):
+def _ours(preset: str, args, run_dir: str, kernels: str):
     from gpt_ds.config import batch_layout, load_config
     from gpt_ds.data.loader import StepLoader
     from gpt_ds.train.trainer import Trainer
-    ds = f"ds_configs/zero{args.zero}_fp32.json"
+    ds = f"ds_configs/zero{args.zero}_{args.precision}.json"
     cfg = load_config(preset, [f"train.global_batch={args.batch}", f"data.seq_len={args.seq_len}", "data.synthetic=true",
-                               "train.precision=fp32", f"deepspeed.generator={ds}", f"deepspeed.discriminator={ds}",
-                               f"model.kernels={args.kernels}", f"run.dir={run_dir}", "logging.tensorboard=false",
+                               f"train.precision={args.precision}", f"deepspeed.generator={ds}",
+                               f"deepspeed.discriminator={ds}", f"model.kernels={kernels}", f"run.dir={run_dir}",
+                               "logging.tensorboard=false", "logging.peak_tflops=1",  # the bench measures its own
                                f"model.vocab_size={args.vocab}"])
     trainer = Trainer(cfg)
     L = batch_layout(cfg, 1)
@@ -48,28 +54,36 @@ def _ours(preset: str, args, run_dir: str):
 
 
 def _reference(cfg, vocab: int, args):
+    import contextlib
+
     import torch
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
     from gpt_ds.model.hf_config import discriminator_config, generator_config
-    gen = ElectraForMaskedLM(generator_config(cfg, vocab, 0))
-    disc = ElectraForPreTraining(discriminator_config(cfg, vocab, 0))
+    dev = torch.device(args.device)
+    gen = ElectraForMaskedLM(generator_config(cfg, vocab, 0)).to(dev)
+    disc = ElectraForPreTraining(discriminator_config(cfg, vocab, 0)).to(dev)
     disc.electra.embeddings.word_embeddings = gen.electra.embeddings.word_embeddings
     params = {id(p): p for p in list(gen.parameters()) + list(disc.parameters())}.values()
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # transformers.Trainer's default optimizer (torch >= 2.8)
     g = torch.Generator().manual_seed(0)
 
+    amp = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if args.precision == "bf16" else \
+        contextlib.nullcontext
+
     def step():
-        ids = torch.randint(5, vocab, (args.batch, args.seq_len), generator=g)
-        pick = torch.rand(ids.shape, generator=g) < 0.15
+        ids = torch.randint(5, vocab, (args.batch, args.seq_len), generator=g).to(dev)
+        pick = (torch.rand(ids.shape, generator=g) < 0.15).to(dev)
         masked = torch.where(pick, 4, ids)
         labels = torch.where(pick, ids, -100)
-        out = gen(input_ids=masked, labels=labels)
+        with amp():
+            out = gen(input_ids=masked, labels=labels)
         with torch.no_grad():
-            z = out.logits[pick]
-            u = torch.rand(z.shape, generator=g).clamp_(1e-9, 1 - 1e-7)
+            z = out.logits[pick].float()
+            u = torch.rand(z.shape, generator=g).to(dev).clamp_(1e-9, 1 - 1e-7)
             corrupted = ids.clone()
             corrupted[pick] = (z - torch.log(-torch.log(u))).argmax(-1)
-        d = disc(input_ids=corrupted, labels=(corrupted != ids).long())
+        with amp():
+            d = disc(input_ids=corrupted, labels=(corrupted != ids).long())
         (out.loss + 50.0 * d.loss).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -99,39 +113,60 @@ def _op_shares(step, top: int = 0) -> tuple[float, float]:
     return share["mm"], share["attention"]
 
 
+def _timed(fn, cuda: bool) -> float:
+    import torch
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def measure(preset: str, args) -> dict:
-    """Rounds of (gpt_ds step, reference step, matmul-rate sample): ratios are taken within a round, then the median,
-    so a load change on a shared machine moves both sides of each ratio together."""
+    """Rounds of (gpt_ds step per kernels choice, reference step, matmul-rate sample): ratios are taken within a
+    round, then the median, so a load change on a shared machine moves both sides of each ratio together."""
     from gpt_ds.train.flops import measure_matmul_flops
+    cuda = args.device == "cuda"
+    kernels = args.kernels.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, trainer, ours, loader = _ours(preset, args, tmp)
+        ours = {k: _ours(preset, args, os.path.join(tmp, k), k) for k in kernels}
+        cfg, trainer = ours[kernels[0]][:2]
         ref = _reference(cfg, trainer.vocab_size, args)
-        times = {"gpt_ds": [], "hf": [], "peak": []}
+        steps = {**{k: v[2] for k, v in ours.items()}, "hf": ref}
+        times = {name: [] for name in (*steps, "peak")}
         for i in range(args.steps + 1):
-            for name, fn in (("gpt_ds", ours), ("hf", ref)):
-                t0 = time.perf_counter()
-                fn()
+            for name, fn in steps.items():
+                sec = _timed(fn, cuda)
                 if i:
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(sec)
             if i:
-                times["peak"].append(measure_matmul_flops(repeats=15))
-        share, attn_share = _op_shares(ours, args.profile)
-        loader.close()
+                times["peak"].append(measure_matmul_flops(repeats=15) if not cuda else
+                                     measure_matmul_flops(device="cuda", precision=args.precision))
+        share, attn_share = _op_shares(steps[kernels[0]], args.profile) if not cuda else (None, None)
+        for v in ours.values():
+            v[3].close()
     flop = trainer.flops["total"]
-    mm_flop = flop - (trainer.flops["attention"] if attn_share > 0 else 0.0)  # the C++ attention's own products
-    med = {k: statistics.median(v) for k, v in times.items()}
-    speedup = statistics.median(h / o for h, o in zip(times["hf"], times["gpt_ds"]))
-    mfu = statistics.median(flop / o / p for o, p in zip(times["gpt_ds"], times["peak"]))
     tokens = args.batch * args.seq_len
-    return {f"{preset}_gpt_ds_tokens_per_s": tokens / med["gpt_ds"], f"{preset}_hf_tokens_per_s": tokens / med["hf"],
-            f"{preset}_speedup_vs_hf": speedup, f"{preset}_step_gflop": flop / 1e9,
-            f"{preset}_measured_peak_gflops": med["peak"] / 1e9,
-            f"{preset}_mfu_vs_measured_peak": mfu,
-            f"{preset}_matmul_time_share": share,
-            f"{preset}_attention_op_share": attn_share,
-            f"{preset}_matmul_rate_vs_peak": mm_flop / (share * med["gpt_ds"]) / med["peak"],
-            f"{preset}_times_s": {k: v for k, v in times.items() if k != "peak"},
-            f"{preset}_peak_gflops_per_round": [p / 1e9 for p in times["peak"]]}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {f"{preset}_step_gflop": flop / 1e9, f"{preset}_measured_peak_gflops": med["peak"] / 1e9,
+           f"{preset}_hf_tokens_per_s": tokens / med["hf"],
+           f"{preset}_times_s": {k: v for k, v in times.items() if k != "peak"},
+           f"{preset}_peak_gflops_per_round": [p / 1e9 for p in times["peak"]]}
+    for j, k in enumerate(kernels):
+        tag = preset if j == 0 else f"{preset}_{k}"
+        res[f"{tag}_gpt_ds_tokens_per_s"] = tokens / med[k]
+        res[f"{tag}_speedup_vs_hf"] = statistics.median(h / o for h, o in zip(times["hf"], times[k]))
+        res[f"{tag}_mfu_vs_measured_peak"] = statistics.median(flop / o / p for o, p in zip(times[k], times["peak"]))
+        if j:
+            res[f"{preset}_{kernels[0]}_speedup_vs_{k}"] = statistics.median(
+                o / f for o, f in zip(times[k], times[kernels[0]]))
+    if share is not None:
+        mm_flop = flop - (trainer.flops["attention"] if attn_share > 0 else 0.0)  # the C++ attention's own products
+        res.update({f"{preset}_matmul_time_share": share, f"{preset}_attention_op_share": attn_share,
+                    f"{preset}_matmul_rate_vs_peak": mm_flop / (share * med[kernels[0]]) / med["peak"]})
+    return res
 
 
 def main(argv=None) -> int:
@@ -142,15 +177,29 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3])
     ap.add_argument("--vocab", type=int, default=30522)
-    ap.add_argument("--kernels", default="auto")
+    ap.add_argument("--kernels", default=None,
+                    help="model.kernels choices, comma-separated, the first the headline (default: auto on the CPU, "
+                         "triton,torch on CUDA)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                    help="default: fp32 on the CPU, bf16 on CUDA")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
-                    help="print the N most expensive operators of one gpt_ds step (stderr)")
+                    help="print the N most expensive operators of one gpt_ds step (stderr; CPU)")
     args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.kernels = args.kernels or ("triton,torch" if cuda else "auto")
+    args.precision = args.precision or ("bf16" if cuda else "fp32")
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
+    import torch
+    if cuda:
+        torch.cuda.set_device(0)
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
-    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
-    res = {"batch": args.batch, "seq_len": args.seq_len, "precision": "fp32", "zero": args.zero}
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    res = {"batch": args.batch, "seq_len": args.seq_len, "precision": args.precision, "zero": args.zero,
+           "device": torch.cuda.get_device_name() if cuda else "cpu", "kernels": args.kernels}
     for preset in args.presets.split(","):
         res.update(measure(preset, args))
         print(json.dumps(res), file=sys.stderr)

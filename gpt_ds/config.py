@@ -132,7 +132,7 @@ class LoggingConfig:
     every: int = 10
     tensorboard: bool = True
     progress_bar: bool = True
-    peak_tflops: float = 0.0  # per device, for MFU in the logs; 0: measure a matmul's rate at start (CPU) or skip
+    peak_tflops: float = 0.0  # per device, for MFU in the logs; 0: measure a matmul's rate at start
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""slurm/*.sh without a cluster: syntax, shellcheck, the header every user relies on, loud failures, and the
-signal-forward/requeue logic of pretrain.sh driven through stand-in `srun`/`scontrol` commands on PATH.
+"""slurm/*.sh without a cluster: syntax, shellcheck (bench/*.sh too), the header every user relies on, loud failures,
+and the signal-forward/requeue logic of pretrain.sh driven through stand-in `srun`/`scontrol` commands on PATH.
 The same scripts run on a real two-node cluster in tests/test_slurm_cluster.py."""
 import os
 import re
@@ -16,7 +16,8 @@ from gpt_ds.dist.env import slurm_port
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted((ROOT / "slurm").glob("*.sh")) + sorted((ROOT / "tests" / "slurm").glob("*.sh"))
+SCRIPTS = (sorted((ROOT / "slurm").glob("*.sh")) + sorted((ROOT / "tests" / "slurm").glob("*.sh"))
+           + sorted((ROOT / "bench").glob("*.sh")))
 PRETRAIN = ROOT / "slurm" / "pretrain.sh"
 
 

@@ -48,18 +48,39 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
             "attention": 3 * attn}
 
 
-def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """This process's fp32 matmul rate (median of a few n x n products): the CPU's practical peak, for MFU."""
+PEAK_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def measure_matmul_flops(n: int | None = None, repeats: int = 5, device=None, precision: str = "fp32") -> float:
+    """This process's matmul rate (median of a few n x n products): the device's practical peak, for MFU.
+
+    CPU: fp32, n = 1024 by default. GPU: the given precision (the training's), n = 8192 by default, timed with
+    CUDA events after a warm-up; TF32 stays as the process set it (fp32 training on a GPU gets what its matmuls get).
+    """
     import statistics
     import time
 
     import torch
+    dev = torch.device(device if device is not None else "cpu")
+    dtype = getattr(torch, PEAK_DTYPES[precision])
+    n = n or (8192 if dev.type == "cuda" else 1024)
     g = torch.Generator().manual_seed(0)  # never touch the global RNG: dropout's stream must resume exactly
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    a @ b  # warm-up
+    a, b = (torch.randn(n, n, generator=g).to(dev, dtype) for _ in range(2))
     times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
+    if dev.type == "cuda":
+        for _ in range(3):
+            a @ b  # warm-up: clocks up, cuBLAS heuristics cached
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        a @ b  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
     return 2.0 * n ** 3 / statistics.median(times)

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The GPU checks of the fused kernels and the trainer, as one prepared script for a short device lease.
+#
+#   bash bench/gpu_check.sh wheels      # here (registry access): the packages the GPU image lacks, into .whl/
+#   bash bench/gpu_check.sh run [PART]  # on the GPU machine, from the repo root; PART: heads | step | smoke | all
+#
+# The GPU image has torch, triton and transformers but not DeepSpeed, pydantic, hjson, Liger-Kernel or
+# cut-cross-entropy, and it cannot reach a registry: `wheels` fetches them (Python 3.12, x86-64) for the device tool
+# to carry (carry: [".whl"]); `run` installs them into /tmp/site first. Each part has its own time limit so that one
+# hang cannot use up the lease; results go to $OUT (or runs/gpu_check): <part>.log and <part>.json (the bench's last
+# line), and summary.txt. See docs/kernels.md ("GPU checks").
+set -uo pipefail
+self=$(realpath "$0")
+cd "$(dirname "$self")/.." || exit 1
+
+WHEELS=(liger-kernel==0.8.5 cut-cross-entropy==25.1.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+        typing-inspection==0.4.5 typing-extensions==4.16.0 hjson==3.1.0)
+DEEPSPEED=deepspeed==0.19.8  # an sdist on PyPI: built here into a pure-Python wheel
+
+wheels() {
+    local py=${PYTHON:-.venv/bin/python}
+    mkdir -p .whl
+    "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${WHEELS[@]}" || return 1
+    "$py" -m pip wheel -q --no-deps -w .whl "$DEEPSPEED" || return 1
+    ls -l .whl
+}
+
+part() {  # part NAME SECONDS CMD...: run with a limit, keep the log and the last line (the bench's JSON)
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    tail -n 1 "$out/$name.log" >"$out/$name.json"
+    echo "$name: rc=$rc in $((SECONDS - t0)) s (limit $limit s)" | tee -a "$out/summary.txt"
+}
+
+smoke() {  # ZeRO-3, bf16, Triton heads on one GPU: 40 steps with a checkpoint, then a resume to 60
+    # (extra overrides after the defaults, e.g. to try the script on a CPU: train.precision=fp32 model.kernels=torch)
+    local run=${SMOKE_DIR:-/tmp/gpu_smoke} py=${PYTHON:-python3}
+    rm -rf "$run"
+    local args=(tiny data.synthetic=true model.vocab_size=8000 train.precision=bf16 model.kernels=triton
+                deepspeed.generator=ds_configs/zero3_bf16.json deepspeed.discriminator=ds_configs/zero3_bf16.json
+                checkpoint.every=20 logging.every=10 logging.tensorboard=false "run.dir=$run" "$@")
+    "$py" -m gpt_ds.cli pretrain "${args[@]}" train.max_steps=40 || return 1
+    "$py" -m gpt_ds.cli pretrain "${args[@]}" train.max_steps=60 || return 1
+    "$py" - "$run/metrics.jsonl" <<'EOF'
+import json, math, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if '"gen_loss"' in line]
+steps = [r["step"] for r in rows]
+first, last = rows[0], rows[-1]
+ok = steps == sorted(set(steps)) and steps[-1] == 60 and all(math.isfinite(r["gen_loss"]) for r in rows) \
+    and last["gen_loss"] < first["gen_loss"]
+print(json.dumps({"smoke_ok": ok, "steps": steps, "gen_loss": [first["gen_loss"], last["gen_loss"]],
+                  "disc_loss": [first["disc_loss"], last["disc_loss"]], "mfu_last": last.get("mfu")}))
+sys.exit(0 if ok else 1)
+EOF
+}
+
+run() {
+    out=${OUT:-runs/gpu_check}
+    mkdir -p "$out"
+    export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+    fi
+    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+      python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+      python3 -c "import deepspeed; print('deepspeed', deepspeed.__version__)"; } 2>&1 | tee "$out/summary.txt"
+    local which=${1:-all}
+    if [[ $which == all || $which == heads ]]; then
+        part heads 200 python3 bench/heads.py --device cuda
+    fi
+    if [[ $which == all || $which == step ]]; then
+        part step 220 python3 bench/pretrain_step.py --device cuda --presets electra-small,electra-base --batch 64 \
+            --steps 5
+    fi
+    if [[ $which == all || $which == smoke ]]; then
+        part smoke 150 bash "$self" _smoke
+    fi
+}
+
+case ${1:-} in
+    wheels) wheels ;;
+    run) shift; run "$@" ;;
+    _smoke) shift; smoke "$@" ;;
+    *) echo "usage: bash bench/gpu_check.sh wheels | run [heads|step|smoke|all]" >&2; exit 2 ;;
+esac
