@@ -8,7 +8,8 @@ FLOPs, gpt_ds.train.flops, per second over that rate) are medians of the per-rou
 warm-up); matmul_time_share (one profiled step) says how much of the step ATen's matmul operators take, and
 matmul_rate_vs_peak how fast they run. On the CPU the attention's score and context products run inside gpt_ds's
 C++ attention operators (with the softmax and dropout): their share of the step is attention_op_share, and their
-FLOPs are left out of matmul_rate_vs_peak.
+FLOPs are left out of matmul_rate_vs_peak. mfu_bound_matmuls_only is the MFU the step would reach if every other
+operator took no time (the MFU over the two shares).
 --kernels takes a list (`auto,reference`): the first is the headline (`<preset>_speedup_vs_hf`, ...); each other one
 gets `<preset>_<kernels>_*` figures and `<preset>_<first>_speedup_vs_<kernels>`, all timed in the same rounds.
 GPU: `--device cuda` runs the same on CUDA (NCCL, one GPU), by default in bf16 (DeepSpeed's bf16 config; the reference
@@ -165,7 +166,9 @@ def measure(preset: str, args) -> dict:
     if share is not None:
         mm_flop = flop - (trainer.flops["attention"] if attn_share > 0 else 0.0)  # the C++ attention's own products
         res.update({f"{preset}_matmul_time_share": share, f"{preset}_attention_op_share": attn_share,
-                    f"{preset}_matmul_rate_vs_peak": mm_flop / (share * med[kernels[0]]) / med["peak"]})
+                    f"{preset}_matmul_rate_vs_peak": mm_flop / (share * med[kernels[0]]) / med["peak"],
+                    # the MFU if every operator but the matmuls and the attention took no time at all
+                    f"{preset}_mfu_bound_matmuls_only": res[f"{preset}_mfu_vs_measured_peak"] / (share + attn_share)})
     return res
 
 

@@ -64,8 +64,8 @@ def measure_matmul_flops(n: int | None = None, repeats: int = 5, device=None, pr
     dev = torch.device(device if device is not None else "cpu")
     dtype = getattr(torch, PEAK_DTYPES[precision])
     n = n or (8192 if dev.type == "cuda" else 1024)
-    g = torch.Generator().manual_seed(0)  # never touch the global RNG: dropout's stream must resume exactly
-    a, b = (torch.randn(n, n, generator=g).to(dev, dtype) for _ in range(2))
+    g = torch.Generator(dev).manual_seed(0)  # never touch the global RNG: dropout's stream must resume exactly
+    a, b = (torch.randn(n, n, generator=g, device=dev).to(dtype) for _ in range(2))
     times = []
     if dev.type == "cuda":
         for _ in range(3):
