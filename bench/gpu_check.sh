@@ -2,13 +2,14 @@
 # The GPU checks of the fused kernels and the trainer, as one prepared script for a short device lease.
 #
 #   bash bench/gpu_check.sh wheels      # here (registry access): the packages the GPU image lacks, into .whl/
-#   bash bench/gpu_check.sh run [PART]  # on the GPU machine, from the repo root; PART: heads | step | smoke | all
+#   bash bench/gpu_check.sh run [PART]  # on the GPU machine; PART: kernels | heads | step | smoke | all
 #
 # The GPU image has torch, triton and transformers but not DeepSpeed, pydantic, hjson, Liger-Kernel or
 # cut-cross-entropy, and it cannot reach a registry: `wheels` fetches them (Python 3.12, x86-64) for the device tool
 # to carry (carry: [".whl"]); `run` installs them into /tmp/site first. Each part has its own time limit so that one
-# hang cannot use up the lease; results go to $OUT (or runs/gpu_check): <part>.log and <part>.json (the bench's last
-# line), and summary.txt. See docs/kernels.md ("GPU checks").
+# hang cannot use up the lease; results go to $OUT (or runs/gpu_check): <part>.log, and summary.txt with each part's
+# exit code, time and last line (a bench's JSON, pytest's tally): 5 files, within the 8 a device call returns.
+# See docs/kernels.md ("GPU checks").
 set -uo pipefail
 self=$(realpath "$0")
 cd "$(dirname "$self")/.." || exit 1
@@ -27,14 +28,14 @@ wheels() {
     ls -l .whl
 }
 
-part() {  # part NAME SECONDS CMD...: run with a limit, keep the log and the last line (the bench's JSON)
+part() {  # part NAME SECONDS CMD...: run with a limit, keep the log and its last line
     local name=$1 limit=$2
     shift 2
     local t0=$SECONDS
     timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
-    tail -n 1 "$out/$name.log" >"$out/$name.json"
     echo "$name: rc=$rc in $((SECONDS - t0)) s (limit $limit s)" | tee -a "$out/summary.txt"
+    tail -n 1 "$out/$name.log" >>"$out/summary.txt"
 }
 
 smoke() {  # ZeRO-3, bf16, Triton heads on one GPU: 40 steps with a checkpoint, then a resume to 60
@@ -71,15 +72,19 @@ run() {
       python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
       python3 -c "import deepspeed; print('deepspeed', deepspeed.__version__)"; } 2>&1 | tee "$out/summary.txt"
     local which=${1:-all}
+    if [[ $which == all || $which == kernels ]]; then  # the kernel tests' numerics, compiled Triton on the GPU
+        part kernels 90 env GPT_DS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider -m device_numerics \
+            tests/test_kernels_generator.py tests/test_kernels_discriminator.py
+    fi
     if [[ $which == all || $which == heads ]]; then
-        part heads 200 python3 bench/heads.py --device cuda
+        part heads 170 python3 bench/heads.py --device cuda
     fi
     if [[ $which == all || $which == step ]]; then
-        part step 220 python3 bench/pretrain_step.py --device cuda --presets electra-small,electra-base --batch 64 \
+        part step 170 python3 bench/pretrain_step.py --device cuda --presets electra-small,electra-base --batch 64 \
             --steps 5
     fi
     if [[ $which == all || $which == smoke ]]; then
-        part smoke 150 bash "$self" _smoke
+        part smoke 120 bash "$self" _smoke
     fi
 }
 
@@ -87,5 +92,5 @@ case ${1:-} in
     wheels) wheels ;;
     run) shift; run "$@" ;;
     _smoke) shift; smoke "$@" ;;
-    *) echo "usage: bash bench/gpu_check.sh wheels | run [heads|step|smoke|all]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu_check.sh wheels | run [kernels|heads|step|smoke|all]" >&2; exit 2 ;;
 esac

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
+# GPT_DS_TEST_DEVICE=cuda (bench/gpu_check.sh on a GPU machine) runs the tests marked device_numerics with the heads'
+# inputs on that device, compiled Triton instead of its interpreter; on the CPU (CI) nothing moves.
+DEVICE = os.environ.get("GPT_DS_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -12,6 +16,13 @@ from gpt_ds.kernels import discriminator_triton, generator_torch, generator_trit
 from gpt_ds.kernels.noise import gumbel_noise  # noqa: E402
 
 IGNORE = -100
+
+
+def on_device(head, *args, **kw):
+    """Call a head with its tensor arguments on DEVICE and bring its outputs back (autograd flows through both moves;
+    on the CPU both are the identity, so tests that swap a weight's storage still reach the head's own tensor)."""
+    out = head(*(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args), **kw)
+    return type(out)(*(x.cpu() for x in out))
 
 
 def small_tiles(monkeypatch) -> None:

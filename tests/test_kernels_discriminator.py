@@ -1,13 +1,13 @@
 """Discriminator head (chunked torch path and Triton kernels under TRITON_INTERPRET=1) against float64."""
 from __future__ import annotations
 
-from _kernel_cases import disc_case, disc_oracle, rel_err, small_tiles
+from _kernel_cases import disc_case, disc_oracle, on_device, rel_err, small_tiles
 
 import pytest
 import torch
 
 from gpt_ds.errors import GptDsError
-from gpt_ds.kernels import discriminator_head
+from gpt_ds.kernels import discriminator_head as _discriminator_head
 
 IMPLS = ["torch", "triton"]
 
@@ -17,6 +17,10 @@ def _tiles(monkeypatch):
     small_tiles(monkeypatch)
 
 
+def discriminator_head(*args, **kw):
+    return on_device(_discriminator_head, *args, **kw)
+
+
 def run(impl, x, w1, b1, w2, b2, y):
     leaves = [p.clone().requires_grad_() for p in (x, w1, b1, w2, b2)]
     out = discriminator_head(*leaves, y, impl=impl)
@@ -24,6 +28,7 @@ def run(impl, x, w1, b1, w2, b2, y):
     return out, [p.grad for p in leaves]
 
 
+@pytest.mark.device_numerics
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
 def test_matches_float64(impl, offset):
@@ -37,6 +42,7 @@ def test_matches_float64(impl, offset):
         assert rel_err(g, rg) <= 1e-5
 
 
+@pytest.mark.device_numerics
 @pytest.mark.parametrize("impl", IMPLS)
 def test_label_dtypes_and_no_biases(impl):
     x, w1, b1, w2, b2, y = disc_case(n=21)
@@ -48,6 +54,7 @@ def test_label_dtypes_and_no_biases(impl):
     assert abs(out.loss.item() - loss.item()) <= 1e-5
 
 
+@pytest.mark.device_numerics
 @pytest.mark.parametrize("impl", IMPLS)
 def test_no_rows_gives_zero(impl):
     x, w1, b1, w2, b2, y = disc_case(n=0)
@@ -56,6 +63,7 @@ def test_no_rows_gives_zero(impl):
     assert all(float(g.abs().max()) == 0.0 for g in grads if g.numel())
 
 
+@pytest.mark.device_numerics
 @pytest.mark.parametrize("impl", IMPLS)
 def test_rerun_is_bitwise_identical(impl):
     case = disc_case()
