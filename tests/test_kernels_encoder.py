@@ -319,3 +319,28 @@ def test_output_block_adds_the_residual_in_the_dropout_pass(path):
     leaves = (x, res, d.weight, d.bias, ln.weight, ln.bias)
     for a, r in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g.double())):
         torch.testing.assert_close(a.double(), r.double(), rtol=1e-4, atol=1e-5)
+
+
+def test_fast_paths_hand_over_off_the_cpu(monkeypatch):
+    """On tensors of any other device the swapped modules run the stock transformers / torch ops and never a C++
+    kernel. Checked on the meta device (shapes, no data: the same dispatch a GPU run takes), forward and backward,
+    in training mode with dropout on; the numerics of those stock ops are torch's own."""
+    from transformers import ElectraConfig, ElectraForPreTraining
+
+    class NoKernels:
+        def __getattr__(self, name):
+            raise AssertionError(f"C++ CPU kernel {name} called on a meta tensor")
+    monkeypatch.setattr(cpu_ext, "ops", lambda: NoKernels())
+    cfg = ElectraConfig(vocab_size=100, embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    with torch.device("meta"):
+        model = ElectraForPreTraining(cfg)
+    install_fast_paths(model).train()
+    layer = model.electra.encoder.layer[0]
+    assert type(layer.attention.self).__name__.startswith("GptDs")  # the swaps happened
+    assert type(layer.output.dense).__name__ == "BiasDropoutLinear"
+    out = model(input_ids=torch.zeros(2, 16, dtype=torch.long, device="meta"))  # no mask: its check reads data
+    assert out.logits.shape == (2, 16) and out.logits.device.type == "meta"
+    out.logits.sum().backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters() if p.requires_grad)
