@@ -141,12 +141,18 @@ def run_cpu(args) -> dict:
 
 # ----- GPU ------------------------------------------------------------------------------------------------------------
 
-def _cuda_time(fn, warmup=2, iters=10) -> float:
+def _device_time(fn, device: str, warmup=2, iters=10) -> float:
+    """Median seconds of fn: CUDA events on a GPU; the wall clock elsewhere (the CPU dry run of the GPU bench)."""
     import torch
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
+        if device != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            continue
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -156,14 +162,17 @@ def _cuda_time(fn, warmup=2, iters=10) -> float:
     return statistics.median(times)
 
 
-def _cuda_peak(fn) -> int:
+def _device_peak_mb(fn, device: str) -> float | None:
+    """CUDA's allocator peak above what was allocated before fn, in MB; None off the GPU."""
     import torch
+    if device != "cuda":
+        return None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
 def _gen_float64(leaves, t, chunk=2048):
@@ -207,7 +216,7 @@ def _accuracy(head: str, impl: str, dtype, n: int, e: int, v: int, device: str =
     leaves, labels = _inputs(head, n, e, v, dtype, device=device, seed=3)
     out = _step(head, impl, leaves, labels)
     loss64, refs = _float64_grads(head, leaves, labels)
-    res = {"loss_abs_err": abs(float(out.loss) - loss64), "grad_rel_err": _grad_rel_err(leaves, refs)}
+    res = {"loss_abs_err": abs(float(out.loss.detach()) - loss64), "grad_rel_err": _grad_rel_err(leaves, refs)}
     if head == "gen":
         other = _step(head, "torch" if impl == "triton" else "triton", leaves, labels)
         res["samples_equal_other_path"] = float((out.sampled == other.sampled).float().mean())
@@ -226,14 +235,19 @@ def _section(res: dict, name: str, fn) -> None:
         res[f"{name}_error"] = f"{exc.__class__.__name__}: {exc}"[:300]
 
 
-def run_cuda(args) -> dict:
+def run_device(args, device: str = "cuda") -> dict:
+    """The GPU bench. device="cpu" is its dry run (tests, with Triton's interpreter: fp32 figures only mean
+    something there) so that a short device lease is not spent on a slip in this code."""
     import torch
     from gpt_ds.train.flops import measure_matmul_flops
     torch.backends.cuda.matmul.allow_tf32 = False
     n, e, v = args.n, args.e, args.v
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "gen_n": n, "gen_e": e, "gen_v": v,
-           "bf16_matmul_peak_tflops": measure_matmul_flops(device="cuda", precision="bf16", repeats=20) / 1e12}
-    leaves, t = _inputs("gen", n, e, v, torch.bfloat16, device="cuda")
+    timed = {"warmup": min(2, args.iters), "iters": args.iters}
+    res = {"device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
+           "gen_n": n, "gen_e": e, "gen_v": v,
+           "bf16_matmul_peak_tflops": measure_matmul_flops(n=None if device == "cuda" else 256, device=device,
+                                                           precision="bf16", repeats=20) / 1e12}
+    leaves, t = _inputs("gen", n, e, v, torch.bfloat16, device=device)
     fns = {impl: (lambda impl=impl: _step("gen", impl, leaves, t)) for impl in ("triton", "torch", "reference")}
 
     def external(fn):
@@ -259,10 +273,10 @@ def run_cuda(args) -> dict:
     def timings():
         for name, fn in fns.items():
             def one(name=name, fn=fn):
-                sec = _cuda_time(fn)
+                sec = _device_time(fn, device, **timed)
                 res[f"gen_{name}_ms"] = sec * 1e3
                 res[f"gen_{name}_tflops"] = flop / sec / 1e12
-                res[f"gen_{name}_peak_mb"] = _cuda_peak(fn) / 2 ** 20
+                res[f"gen_{name}_peak_mb"] = _device_peak_mb(fn, device)
             _section(res, f"gen_{name}", one)
         res["gen_triton_frac_of_peak"] = res["gen_triton_tflops"] / res["bf16_matmul_peak_tflops"]
         if "gen_liger_ms" in res:
@@ -274,28 +288,31 @@ def run_cuda(args) -> dict:
     def bench_shape_accuracy():  # bf16 at the bench's size, against float64 computed in row chunks
         loss64, gh64, gw64 = _gen_float64(leaves, t)
         out = _step("gen", "triton", leaves, t)
-        res["gen_triton_loss_abs_err"] = abs(float(out.loss) - loss64)
+        res["gen_triton_loss_abs_err"] = abs(float(out.loss.detach()) - loss64)
         res["gen_triton_grad_rel_err"] = _grad_rel_err(leaves[:2], (gh64, gw64))
         res["gen_samples_equal_triton_torch"] = float((out.sampled == _step("gen", "torch", leaves, t).sampled)
                                                       .float().mean())
     _section(res, "gen_accuracy", bench_shape_accuracy)
     del leaves, fns
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    acc_n = min(4096, n)
     for dtype in (torch.float32, torch.bfloat16):  # full-logits float64 oracle: a smaller N
         tag = str(dtype).split(".")[1]
         for head, width in (("gen", e), ("disc", args.h)):
             _section(res, f"{head}_{tag}", lambda head=head, width=width, dtype=dtype, tag=tag: res.update(
-                {f"{head}_triton_{tag}_{k}": x for k, x in _accuracy(head, "triton", dtype, 4096, width, v).items()}))
+                {f"{head}_triton_{tag}_{k}": x
+                 for k, x in _accuracy(head, "triton", dtype, acc_n, width, v, device).items()}))
 
     def disc_timing():
-        dl, y = _inputs("disc", n, args.h, 0, torch.bfloat16, device="cuda")
+        dl, y = _inputs("disc", n, args.h, 0, torch.bfloat16, device=device)
         for impl in ("triton", "torch", "reference"):
-            res[f"disc_{impl}_ms"] = _cuda_time(lambda impl=impl: _step("disc", impl, dl, y)) * 1e3
-            res[f"disc_{impl}_peak_mb"] = _cuda_peak(lambda impl=impl: _step("disc", impl, dl, y)) / 2 ** 20
+            res[f"disc_{impl}_ms"] = _device_time(lambda impl=impl: _step("disc", impl, dl, y), device, **timed) * 1e3
+            res[f"disc_{impl}_peak_mb"] = _device_peak_mb(lambda impl=impl: _step("disc", impl, dl, y), device)
         x, w1 = dl[0].detach(), dl[1].detach()
         d = torch.randn_like(x)
-        three = _cuda_time(lambda: (x @ w1.t(), d @ w1, d.t() @ x))
-        four = _cuda_time(lambda: (x @ w1.t(), x @ w1.t(), d @ w1, d.t() @ x))
+        three = _device_time(lambda: (x @ w1.t(), d @ w1, d.t() @ x), device, **timed)
+        four = _device_time(lambda: (x @ w1.t(), x @ w1.t(), d @ w1, d.t() @ x), device, **timed)
         res.update(disc_gemms3_ms=three * 1e3, disc_gemms4_ms=four * 1e3,
                    disc_triton_vs_gemms3=res["disc_triton_ms"] / (three * 1e3),
                    disc_triton_vs_gemms4=res["disc_triton_ms"] / (four * 1e3))
@@ -311,6 +328,7 @@ def main(argv=None) -> int:
     ap.add_argument("--v", type=int, default=30522)
     ap.add_argument("--h", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed (reference, torch) pairs, alternating")
+    ap.add_argument("--iters", type=int, default=10, help="GPU: timed runs of each variant (median), after 2 warm-ups")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default); on a "
                     "shared, loaded machine 1 avoids OpenMP stalls that punish many small ops")
     ap.add_argument("--against", default="", help=argparse.SUPPRESS)
@@ -322,7 +340,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
     if args.device == "cuda":
-        res = run_cuda(args)
+        res = run_device(args)
     else:
         res = run_cpu(args)
     print(json.dumps(res))
