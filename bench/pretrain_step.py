@@ -143,8 +143,7 @@ def measure(preset: str, args) -> dict:
                 if i:
                     times[name].append(sec)
             if i:
-                times["peak"].append(measure_matmul_flops(repeats=15) if not cuda else
-                                     measure_matmul_flops(device="cuda", precision=args.precision))
+                times["peak"].append(measure_matmul_flops(repeats=15, device=args.device, precision=args.precision))
         share, attn_share = _op_shares(steps[kernels[0]], args.profile) if not cuda else (None, None)
         for v in ours.values():
             v[3].close()

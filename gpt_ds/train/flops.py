@@ -54,20 +54,22 @@ PEAK_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 def measure_matmul_flops(n: int | None = None, repeats: int = 5, device=None, precision: str = "fp32") -> float:
     """This process's matmul rate (median of a few n x n products): the device's practical peak, for MFU.
 
-    CPU: fp32, n = 1024 by default. GPU: the given precision (the training's), n = 8192 by default, timed with
-    CUDA events after a warm-up; TF32 stays as the process set it (fp32 training on a GPU gets what its matmuls get).
+    `precision` is the training's. GPU: measured in it, n = 8192 by default, timed with CUDA events after a warm-up;
+    TF32 stays as the process set it (fp32 training on a GPU gets what its matmuls get). CPU: always fp32, n = 1024
+    by default (the rate CPU MFU is quoted against; CPU bf16 matmuls are emulated on most parts).
     """
     import statistics
     import time
 
     import torch
     dev = torch.device(device if device is not None else "cpu")
-    dtype = getattr(torch, PEAK_DTYPES[precision])
-    n = n or (8192 if dev.type == "cuda" else 1024)
+    gpu = dev.type == "cuda"
+    dtype = getattr(torch, PEAK_DTYPES[precision if gpu else "fp32"])
+    n = n or (8192 if gpu else 1024)
     g = torch.Generator(dev).manual_seed(0)  # never touch the global RNG: dropout's stream must resume exactly
     a, b = (torch.randn(n, n, generator=g, device=dev).to(dtype) for _ in range(2))
     times = []
-    if dev.type == "cuda":
+    if gpu:
         for _ in range(3):
             a @ b  # warm-up: clocks up, cuBLAS heuristics cached
         for _ in range(repeats):

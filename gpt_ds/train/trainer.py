@@ -54,8 +54,7 @@ class Trainer:
         self.flops = step_flops(cfg, self.vocab_size)
         peak = cfg.logging.peak_tflops * 1e12 if cfg.logging.peak_tflops > 0 else 0.0
         if peak == 0.0:  # this process's own matmul rate: MFU against what the device shows here
-            gpu = self.device.type == "cuda"
-            peak = measure_matmul_flops(device=self.device, precision=cfg.train.precision if gpu else "fp32")
+            peak = measure_matmul_flops(device=self.device, precision=cfg.train.precision)
         self.peak_flops = peak * world_size
         self.preemption = PreemptionHandler()
 
