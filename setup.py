@@ -22,10 +22,12 @@ setup(
         "psutil>=5.9",
         "tensorboard>=2.15",
         "protobuf>=4",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "dev": ["pytest>=8", "triton>=3.0"],
         "kernels": ["triton>=3.0"],
+        "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gpt-ds=gpt_ds.cli:main"]},
 )

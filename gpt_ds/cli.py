@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "pretrain": ("gpt_ds.train.launch", "pretrain a generator + discriminator (or an MLM baseline)"),
     "export": ("gpt_ds.export", "consolidate a checkpoint into Hugging Face discriminator/ and generator/ folders"),
+    "finetune": ("gpt_ds.finetune.run", "fine-tune an exported encoder for text classification (accelerate), with "
+                                        "a random-init control"),
     "tokenizer": ("gpt_ds.data.tokenizer", "train a SentencePiece tokenizer saved as a Hugging Face tokenizer dir"),
     "prepare": ("gpt_ds.data.prepare", "tokenize a corpus into a sharded memory-mapped token store"),
     "inspect": ("gpt_ds.data.inspect", "print a token store's manifest totals as JSON"),

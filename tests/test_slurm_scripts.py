@@ -29,7 +29,7 @@ def skip_or_fail(reason: str):
 
 
 def test_the_scripts_exist():
-    assert {p.name for p in SCRIPTS} >= {"pretrain.sh", "prepare.sh", "export.sh", "local_cluster.sh"}
+    assert {p.name for p in SCRIPTS} >= {"pretrain.sh", "prepare.sh", "export.sh", "finetune.sh", "local_cluster.sh"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -59,7 +59,7 @@ def test_pretrain_header_signals_requeues_and_keeps_one_log():
     assert re.fullmatch(r"B:USR1@\d+", opts["signal"])
     assert "requeue" in opts and opts["open-mode"] == "append" and "%j" in opts["output"]
     assert opts["ntasks-per-node"] == opts["gpus-per-node"]  # one task per GPU
-    for script in SCRIPTS[:3]:
+    for script in sorted((ROOT / "slurm").glob("*.sh")):
         assert "%j" in sbatch_options(script)["output"], script
 
 
@@ -171,8 +171,31 @@ def test_a_master_addr_that_does_not_resolve_fails_loudly(fake_slurm):
     ("export.sh", ["runs/x"], "usage: sbatch slurm/export.sh RUN_DIR OUT_DIR"),
     ("export.sh", ["runs/x", "out"], "not inside a SLURM job"),
     ("prepare.sh", [], "not inside a SLURM job"),
+    ("finetune.sh", ["model"], "usage: sbatch slurm/finetune.sh MODEL_DIR"),
+    ("finetune.sh", ["model", "--train"], "not inside a SLURM job"),
 ])
 def test_scripts_refuse_to_run_outside_slurm_or_without_arguments(script, args, words):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     r = subprocess.run(["bash", str(ROOT / "slurm" / script), *args], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and words in r.stderr, r.stderr
+
+
+def test_finetune_runs_accelerate_once_per_node_with_the_right_ranks(fake_slurm):
+    """Two nodes x 4 GPUs: each node's task calls `accelerate launch` with 8 processes, its own machine rank, the
+    first node as master, and passes every finetune option through."""
+    env, tmp_path = fake_slurm
+    fake = tmp_path / "accelerate"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > args.txt\n')
+    fake.chmod(0o755)
+    (tmp_path / "model").mkdir()
+    env = dict(env, GPT_DS_ACCELERATE=f"{fake} launch", SLURM_JOB_NUM_NODES="2", SLURM_GPUS_ON_NODE="4",
+               SLURM_NODEID="1", FAKE_MASTER="node1")
+    r = subprocess.run(["bash", str(ROOT / "slurm" / "finetune.sh"), "model", "--train", "t.jsonl", "--seeds", "5"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args.txt").read_text().split("\n")[:-1]
+    assert args[:3] == ["launch", "--machine_rank", "1"]
+    opts = dict(zip(args[1::1], args[2::1]))
+    assert "--multi_gpu" in args and opts["--num_processes"] == "8" and opts["--num_machines"] == "2"
+    assert opts["--main_process_ip"] == "node1" and opts["--main_process_port"] == str(35000 + 77 % 20000)
+    assert args[args.index("-m"):] == ["-m", "gpt_ds.cli", "finetune", "model", "--train", "t.jsonl", "--seeds", "5"]

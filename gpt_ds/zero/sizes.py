@@ -65,14 +65,14 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-    from gpt_ds.train.engines import NO_DECAY
+    from gpt_ds.train.optim import decays
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos)
     with torch.device("meta"):
         model = (ElectraForMaskedLM if kind == "generator" else ElectraForPreTraining)(conf)
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # tied weights appear once, as DeepSpeed sees them
-        (no_decay if any(k in name for k in NO_DECAY) else decay).append(p.numel())
+        (decay if decays(name) else no_decay).append(p.numel())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return tuple(decay), tuple(no_decay), largest
 
