@@ -50,6 +50,11 @@ class ModelConfig:
     generator_layers: int = 0
     # initial position table: "sinusoidal" (scaled sin/cos; learned afterwards, still a stock ELECTRA) or "normal"
     position_init: Literal["sinusoidal", "normal"] = "normal"
+    # the generator's (and the MLM baseline's) output layer reuses the input word embeddings (ELECTRA, BERT); false:
+    # a separate output matrix, so the input table (what GDES hands the discriminator) gets no softmax gradient
+    tie_output_embeddings: bool = True
+    # output biases start at the data's priors (log unigram frequencies; log-odds of mask_prob), gpt_ds/model/priors.py
+    init_output_priors: bool = True
     kernels: Literal["auto", "triton", "torch", "reference"] = "auto"
 
 
@@ -385,7 +390,7 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 
 # Model keys that do not change what a checkpoint holds: a resume may change them.
-RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init")
+RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init", "init_output_priors")
 
 
 def model_differences(saved: dict, cfg: Config) -> list[str]:

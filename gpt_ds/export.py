@@ -135,7 +135,8 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
         if tok is not None:
             tok.save_pretrained(tmp / name)
     info = {"step": state["step"], "source": str(step_dir), "objective": cfg.objective.kind,
-            "embedding_sharing": cfg.objective.embedding_sharing, "tokenizer": bool(tok)}
+            "embedding_sharing": cfg.objective.embedding_sharing, "temperature": cfg.objective.temperature,
+            "tokenizer": bool(tok)}
     (tmp / "gpt_ds_export.json").write_text(json.dumps(info, indent=1))
     if out.exists():
         old = out.with_name(out.name + ".old")

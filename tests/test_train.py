@@ -158,3 +158,20 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
         for s in (1, 2, 3):
             x, y = by_step(a, key)[s], by_step(b, key)[s]
             assert abs(x - y) <= 1e-6 * max(1.0, abs(y)), (key, s, x, y)
+
+
+def test_untied_output_embeddings_train_on_two_ranks_and_export(tmp_path):
+    """model.tie_output_embeddings=false: the generator's output matrix is its own parameter (ZeRO-3 gathers it for
+    the head), the input table stays apart from it, and the export holds both and reloads exactly."""
+    d = tmp_path / "untied"
+    gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "model.tie_output_embeddings=false", "train.max_steps=3",
+           "checkpoint.every=100", "--nproc", "2")
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(d))
+    out = tmp_path / "out"
+    info = json.loads(gpt_ds("export", d, "--out", out, "--verify").stdout.strip().splitlines()[-1])
+    assert info["verify_max_abs_diff"] <= 1e-5
+    from transformers import AutoModelForMaskedLM
+    gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
+    head, table = gen.generator_lm_head.weight, gen.electra.embeddings.word_embeddings.weight
+    assert head.data_ptr() != table.data_ptr() and not torch.equal(head, table)
+    assert not gen.config.tie_word_embeddings

@@ -7,9 +7,9 @@ from gpt_ds.config import Config, generator_sizes
 
 
 def _electra_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,
-                    ffn: int) -> ElectraConfig:
+                    ffn: int, tied: bool = True) -> ElectraConfig:
     m = cfg.model
-    return ElectraConfig(
+    return ElectraConfig(tie_word_embeddings=tied,
         vocab_size=vocab_size, embedding_size=m.embedding_size, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, intermediate_size=ffn, hidden_act=m.activation,
         hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
@@ -24,8 +24,10 @@ def discriminator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraCo
 
 def generator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig:
     """ELECTRA's small generator; the MLM baseline uses the discriminator's full size instead."""
+    m = cfg.model
     if cfg.objective.kind == "mlm":
-        return discriminator_config(cfg, vocab_size, pad_id)
-    g = generator_sizes(cfg.model)
+        return _electra_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads,
+                               m.intermediate_size, m.tie_output_embeddings)
+    g = generator_sizes(m)
     return _electra_config(cfg, vocab_size, pad_id, g["hidden_size"], g["num_layers"], g["num_heads"],
-                           g["intermediate_size"])
+                           g["intermediate_size"], m.tie_output_embeddings)

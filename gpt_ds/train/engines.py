@@ -13,6 +13,7 @@ from gpt_ds.config import BatchLayout, Config
 from gpt_ds.model.discriminator import Discriminator
 from gpt_ds.model.generator import Generator
 from gpt_ds.model.hf_config import discriminator_config, generator_config
+from gpt_ds.model.priors import init_output_priors
 from gpt_ds.train.ds_config import resolve_ds_config, zero_stage
 from gpt_ds.train.optim import param_groups
 from gpt_ds.train.schedule import make_scheduler
@@ -25,8 +26,9 @@ class Engines:
     ds_configs: dict
 
 
-def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int) -> tuple[Generator, Discriminator | None]:
-    """Same seed on every rank: ZeRO partitions identical initial weights."""
+def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
+                 unigram_logp: torch.Tensor | None = None) -> tuple[Generator, Discriminator | None]:
+    """Same seed (and the same unigram estimate) on every rank: ZeRO partitions identical initial weights."""
     torch.manual_seed(seed)
     gdes = cfg.objective.kind == "electra" and cfg.objective.embedding_sharing == "gdes"
     gen = Generator(generator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels,
@@ -46,6 +48,8 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int) -> tuple[
         for w in tables:
             with torch.no_grad():
                 w.copy_(sinusoidal_positions(*w.shape) * (0.02 / 0.7071))  # about the std of the normal init
+    if cfg.model.init_output_priors and unigram_logp is not None:
+        init_output_priors(gen, disc, unigram_logp, cfg.objective.mask_prob)
     return gen, disc
 
 
@@ -94,8 +98,9 @@ def _record_fp32_clip_norm(engine) -> None:
     engine.clip_fp32_gradients = clip_and_record
 
 
-def build_engines(cfg: Config, layout: BatchLayout, vocab_size: int, pad_id: int) -> Engines:
-    gen, disc = build_models(cfg, vocab_size, pad_id, cfg.run.seed)
+def build_engines(cfg: Config, layout: BatchLayout, vocab_size: int, pad_id: int,
+                  unigram_logp: torch.Tensor | None = None) -> Engines:
+    gen, disc = build_models(cfg, vocab_size, pad_id, cfg.run.seed, unigram_logp)
     ds_gen = resolve_ds_config(cfg, "generator", layout, gen.mlm.config.hidden_size)
     engines = Engines(generator=_initialize(gen, ds_gen, cfg), discriminator=None, ds_configs={"generator": ds_gen})
     if disc is not None:

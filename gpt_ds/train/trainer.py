@@ -21,6 +21,7 @@ from gpt_ds.data.loader import StepLoader, step_sample_numbers
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
+from gpt_ds.model.priors import unigram_log_probs
 from gpt_ds.train import checkpoint
 from gpt_ds.train.engines import build_engines
 from gpt_ds.train.flops import measure_matmul_flops, step_flops
@@ -41,7 +42,8 @@ class Trainer:
             raise GptDsError(f"model.vocab_size {self.vocab_size} is smaller than the tokenizer's {ds.vocab_size}; "
                              f"set model.vocab_size=0 to take the tokenizer's")
         self.special_ids = sorted({ds.pad_id, ds.cls_id, ds.sep_id, ds.mask_id, ds.unk_id})
-        self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id)
+        unigram = unigram_log_probs(ds, self.vocab_size, self.special_ids) if cfg.model.init_output_priors else None
+        self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id, unigram)
         self.device = self.engines.generator.device
         self.step = 0
         self.rng_state = None  # set right before the loop on resume: nothing in between may draw from it

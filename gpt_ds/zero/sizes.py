@@ -61,13 +61,15 @@ def vocab_size(cfg: Config) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, ffn: int, pos: int) -> tuple:
+def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, ffn: int, pos: int,
+                tied: bool = True) -> tuple:
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
     from gpt_ds.train.optim import decays
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
-                         num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos)
+                         num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
+                         tie_word_embeddings=tied)
     with torch.device("meta"):
         model = (ElectraForMaskedLM if kind == "generator" else ElectraForPreTraining)(conf)
     decay, no_decay = [], []
@@ -93,7 +95,7 @@ def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
     out = []
     for name, h, layers, heads, ffn in specs:
         decay, no_decay, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn,
-                                               m.max_position_embeddings)
+                                               m.max_position_embeddings, m.tie_output_embeddings)
         out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, (decay, no_decay), largest,
                          max(decay + no_decay)))
     return out

@@ -1,0 +1,103 @@
+"""Why does (or doesn't) a pretrained export help fine-tuning? Measurements on one export, for docs/results.md.
+
+For an export folder (gpt-ds export --out DIR: DIR/discriminator and DIR/generator):
+- rtd: held-out news text corrupted by the exported generator, scored by the exported discriminator, against a
+  token-identity-only baseline (gpt_ds.evaluate.rtd_report);
+- geometry: the word-embedding tables' first-principal-direction share (random init: ~1%);
+- ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds) with only part of the pretrained weights kept and
+  the rest re-drawn from the random init: all, embeddings only, encoder only, none (= --random-init). Which part helps
+  or hurts shows in the test accuracy of each.
+
+    .venv/bin/python bench/diagnose_pretraining.py runs/demo/export --ablate --task question-type
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PARTS = {"all": lambda k: True, "embeddings": lambda k: ".embeddings" in k,
+         "encoder": lambda k: ".embeddings" not in k or "embeddings_project" in k, "none": lambda k: False}
+
+
+def news_texts(work: Path) -> tuple[list[str], list[str]]:
+    """Held-out articles (the demo's last file) and training articles (first file) to fit the identity baseline."""
+    from gpt_ds.data.corpora import news_articles
+    files = news_articles(work / "corpus")
+    docs = [[d for d in f.read_text().split("\n\n") if d.strip()] for f in (files[-1], files[0])]
+    return docs[0][:40], docs[1][:200]
+
+
+def partial_model(export: Path, keep, out: Path) -> Path:
+    """The discriminator with the parameters `keep` selects pretrained and the others from a seeded random init."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, ElectraForPreTraining
+    pre = ElectraForPreTraining.from_pretrained(export)
+    torch.manual_seed(0)
+    fresh = ElectraForPreTraining(AutoConfig.from_pretrained(export)).state_dict()
+    mixed = {k: v if keep(k) else fresh[k] for k, v in pre.state_dict().items()}
+    pre.load_state_dict(mixed)
+    pre.save_pretrained(out)
+    AutoTokenizer.from_pretrained(export).save_pretrained(out)
+    return out
+
+
+def finetune(model: Path, task: dict, seeds: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-m", "gpt_ds.cli", "finetune", str(model), "--train", str(task["train"]),
+                        "--validation", str(task["validation"]), "--test", str(task["test"]), "--seeds", str(seeds),
+                        "--no-save"], env=env, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(p.stderr[-2000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("export", help="an export folder (holds discriminator/ and generator/)")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: the run's)")
+    ap.add_argument("--ablate", action="store_true")
+    ap.add_argument("--task", default="question-type")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--work", default="runs/diagnose")
+    a = ap.parse_args()
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+    from transformers.utils import logging as hf_logging
+
+    from gpt_ds.evaluate import embedding_geometry, rtd_report
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    export, work = Path(a.export), Path(a.work)
+    info = json.loads((export / "gpt_ds_export.json").read_text())
+    temperature = a.temperature or info.get("temperature", 1.0)
+    held, fit = news_texts(work)
+    out = {"export": str(export), "temperature": temperature,
+           "rtd": rtd_report(export, held, fit, temperature),
+           "geometry": {"discriminator": embedding_geometry(AutoModelForPreTraining.from_pretrained(
+               export / "discriminator")), "generator": embedding_geometry(AutoModelForMaskedLM.from_pretrained(
+                   export / "generator"))}}
+    print(json.dumps(out), file=sys.stderr)
+    if a.ablate:
+        from gpt_ds.data.corpora import labeled_task
+        task = labeled_task(a.task, work / "tasks")
+        out["ablation"] = {"task": a.task, "seeds": a.seeds}
+        with tempfile.TemporaryDirectory() as tmp:
+            for part, keep in PARTS.items():
+                model = partial_model(export / "discriminator", keep, Path(tmp) / part)
+                r = finetune(model, task, a.seeds)
+                out["ablation"][f"{part}_pretrained"] = 100 * r["median"]["test"]["accuracy"]
+                print(f"{part} pretrained: test accuracy {out['ablation'][f'{part}_pretrained']:.1f}",
+                      file=sys.stderr, flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

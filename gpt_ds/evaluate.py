@@ -1,0 +1,93 @@
+"""What an exported generator + discriminator pair learned, read from the Hugging Face folders alone.
+
+- `rtd_report`: held-out text corrupted the way training corrupts it (15% of the tokens masked and filled by the
+  exported generator at the training temperature), scored by the exported discriminator: AUC, loss against the
+  all-"original" prior, precision and recall. Beside it, the AUC of a **token-identity** baseline that scores each
+  token by how often that token id was a replacement in corrupted training text, ignoring its context. A discriminator
+  that does no better than that baseline has learned token statistics, not language, and will not help a downstream
+  task.
+- `embedding_geometry`: how much of the word-embedding table lies along its first principal direction, and how alike
+  two tokens' rows are. Random init: ~1% and ~0. A table dominated by one direction
+  (the softmax's frequency direction, pushed into every row by the output layer's dense gradient) makes all tokens
+  look alike to the first layer.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def corrupt(texts: list[str], tokenizer, generator, temperature: float, *, mask_prob: float = 0.15,
+            max_length: int = 128, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(corrupted ids, replaced labels) per text; [CLS]/[SEP] are never picked."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for text in texts:
+        ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"]
+        inner = torch.arange(1, ids.shape[1] - 1)
+        if len(inner) == 0:
+            continue
+        pick = inner[torch.randperm(len(inner), generator=g)[: max(1, int(mask_prob * len(inner)))]]
+        masked = ids.clone()
+        masked[0, pick] = tokenizer.mask_token_id
+        with torch.no_grad():
+            probs = torch.softmax(generator(masked).logits[0, pick].double() / temperature, -1)
+        corrupted = ids.clone()
+        corrupted[0, pick] = torch.multinomial(probs, 1, generator=g).squeeze(1)
+        out.append((corrupted[0], corrupted[0] != ids[0]))
+    return out
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(labels.numpy(), scores.double().numpy()))
+
+
+def token_identity_scores(fit: list[tuple[torch.Tensor, torch.Tensor]], vocab_size: int) -> torch.Tensor:
+    """log-odds of "replaced" per token id, counted on corrupted text (add-one smoothed)."""
+    replaced = torch.ones(vocab_size, dtype=torch.float64)
+    kept = torch.ones(vocab_size, dtype=torch.float64)
+    for ids, y in fit:
+        replaced.index_add_(0, ids[y], torch.ones(int(y.sum()), dtype=torch.float64))
+        kept.index_add_(0, ids[~y], torch.ones(int((~y).sum()), dtype=torch.float64))
+    return (replaced / kept).log()
+
+
+def rtd_report(export_dir: Path, held_texts: list[str], fit_texts: list[str], temperature: float) -> dict:
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+    export_dir = Path(export_dir)
+    tok = AutoTokenizer.from_pretrained(export_dir / "discriminator")
+    gen = AutoModelForMaskedLM.from_pretrained(export_dir / "generator").eval()
+    disc = AutoModelForPreTraining.from_pretrained(export_dir / "discriminator").eval()
+    held = corrupt(held_texts, tok, gen, temperature, seed=0)
+    scores, labels, ids = [], [], []
+    for corrupted, y in held:
+        with torch.no_grad():
+            logits = disc(corrupted[None]).logits[0]
+        scores.append(logits[1:-1])
+        labels.append(y[1:-1])
+        ids.append(corrupted[1:-1])
+    s, y, tokens = torch.cat(scores), torch.cat(labels), torch.cat(ids)
+    p = y.float().mean().item()
+    pred = s > 0
+    tp = (pred & y).sum().item()
+    identity = token_identity_scores(corrupt(fit_texts, tok, gen, temperature, seed=1), disc.config.vocab_size)
+    return {"tokens": len(s), "replaced_share": p,
+            "rtd_loss": torch.nn.functional.binary_cross_entropy_with_logits(s, y.float()).item(),
+            "prior_loss": -(p * math.log(p) + (1 - p) * math.log(1 - p)), "auc": auc(s, y),
+            "token_identity_auc": auc(identity[tokens], y),
+            "precision": tp / max(1, pred.sum().item()), "recall": tp / max(1, y.sum().item()),
+            "baseline_accuracy": 1 - p, "accuracy": (pred == y).float().mean().item()}
+
+
+def embedding_geometry(model, skip: int = 5) -> dict:
+    """First-principal-direction share of the word table (special tokens skipped) and the rows' mean cosine."""
+    table = model.base_model.embeddings.word_embeddings.weight.detach()[skip:].double()
+    sv = torch.linalg.svdvals(table)
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(table[torch.randperm(len(table), generator=g)[:2000]], dim=-1)
+    cos = unit @ unit.T
+    return {"top1_share": (sv[0] ** 2 / (sv ** 2).sum()).item(),
+            "mean_cos": cos[~torch.eye(len(unit), dtype=torch.bool)].mean().item()}
