@@ -4,6 +4,7 @@ For an export folder (gpt-ds export --out DIR: DIR/discriminator and DIR/generat
 - rtd: held-out news text corrupted by the exported generator, scored by the exported discriminator, against a
   token-identity-only baseline (gpt_ds.evaluate.rtd_report);
 - geometry: the word-embedding tables' first-principal-direction share (random init: ~1%);
+- order: whether the exported generator reads word order (gpt_ds.evaluate.order_sensitivity);
 - ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds) with only part of the pretrained weights kept and
   the rest re-drawn from the random init: all, embeddings only, encoder only, none (= --random-init). Which part helps
   or hurts shows in the test accuracy of each.
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PARTS = {"all": lambda k: True, "embeddings": lambda k: ".embeddings" in k,
+         "word_embeddings": lambda k: "word_embeddings" in k,
+         "all_but_positions": lambda k: "position_embeddings" not in k,
          "encoder": lambda k: ".embeddings" not in k or "embeddings_project" in k, "none": lambda k: False}
 
 
@@ -71,7 +74,7 @@ def main() -> int:
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
     from transformers.utils import logging as hf_logging
 
-    from gpt_ds.evaluate import embedding_geometry, rtd_report
+    from gpt_ds.evaluate import embedding_geometry, order_sensitivity, rtd_report
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     export, work = Path(a.export), Path(a.work)
@@ -82,14 +85,17 @@ def main() -> int:
            "rtd": rtd_report(export, held, fit, temperature),
            "geometry": {"discriminator": embedding_geometry(AutoModelForPreTraining.from_pretrained(
                export / "discriminator")), "generator": embedding_geometry(AutoModelForMaskedLM.from_pretrained(
-                   export / "generator"))}}
+                   export / "generator"))},
+           "order": order_sensitivity(export / "generator", held)}
     print(json.dumps(out), file=sys.stderr)
     if a.ablate:
         from gpt_ds.data.corpora import labeled_task
         task = labeled_task(a.task, work / "tasks")
         out["ablation"] = {"task": a.task, "seeds": a.seeds}
+        top = f"layer.{AutoModelForPreTraining.from_pretrained(export / 'discriminator').config.num_hidden_layers - 1}."
+        parts = dict(PARTS, all_but_top_layer=lambda k: top not in k)
         with tempfile.TemporaryDirectory() as tmp:
-            for part, keep in PARTS.items():
+            for part, keep in parts.items():
                 model = partial_model(export / "discriminator", keep, Path(tmp) / part)
                 r = finetune(model, task, a.seeds)
                 out["ablation"][f"{part}_pretrained"] = 100 * r["median"]["test"]["accuracy"]

@@ -50,6 +50,10 @@ class ModelConfig:
     generator_layers: int = 0
     # initial position table: "sinusoidal" (scaled sin/cos; learned afterwards, still a stock ELECTRA) or "normal"
     position_init: Literal["sinusoidal", "normal"] = "normal"
+    # std of the initial weights (ElectraConfig.initializer_range). Inputs to every projection are LayerNorm'd (unit
+    # variance), so attention logits start with std ~ range^2 * hidden: 0.02 suits BERT-base's 768; a small encoder
+    # needs more, or its attention stays uniform (a bag of words) for thousands of steps (docs/results.md)
+    initializer_range: float = 0.02
     # the generator's (and the MLM baseline's) output layer reuses the input word embeddings (ELECTRA, BERT); false:
     # a separate output matrix, so the input table (what GDES hands the discriminator) gets no softmax gradient
     tie_output_embeddings: bool = True
@@ -327,6 +331,8 @@ def validate(cfg: Config) -> None:
     split = o.mask_token_frac + o.keep_frac + o.random_frac
     if abs(split - 1.0) > 1e-6 or min(o.mask_token_frac, o.keep_frac, o.random_frac) < 0:
         problems.append(f"objective.mask_token_frac + keep_frac + random_frac = {split:g}; they must be >= 0 and sum to 1")
+    if not 0 < m.initializer_range < 1:
+        problems.append(f"model.initializer_range = {m.initializer_range} must be in (0, 1)")
     if o.temperature <= 0:
         problems.append(f"objective.temperature = {o.temperature} must be > 0")
     if m.hidden_size % m.num_heads:
@@ -390,7 +396,8 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 
 # Model keys that do not change what a checkpoint holds: a resume may change them.
-RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init", "init_output_priors")
+RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init", "init_output_priors",
+                        "initializer_range")
 
 
 def model_differences(saved: dict, cfg: Config) -> list[str]:

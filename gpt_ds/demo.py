@@ -6,7 +6,6 @@ run never trained on.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -18,12 +17,15 @@ import torch
 RUN = Path(os.environ.get("GPT_DS_DEMO_DIR", "runs/demo"))
 HELD_OUT = 40  # articles kept out of training for the evaluation
 STEPS = int(os.environ.get("GPT_DS_DEMO_STEPS", "400"))
+# The downstream check: the exported discriminator and a random-init twin fine-tuned on human-labeled sentences.
+TASK = os.environ.get("GPT_DS_DEMO_TASK", "question-type")
+FT_SEEDS = int(os.environ.get("GPT_DS_DEMO_FT_SEEDS", "3"))
 
 
-def gpt_ds(*args: str) -> None:
+def gpt_ds(*args: str, capture: bool = False) -> str:
     cmd = [sys.executable, "-m", "gpt_ds.cli", *args]
     print("$ gpt-ds " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE if capture else None, text=True).stdout or ""
 
 
 def corpus() -> tuple[list[Path], list[str]]:
@@ -45,47 +47,6 @@ def curve(run_dir: Path) -> None:
         r = last[s]
         print(f"{s:>6} {r['loss']:8.3f} {r['gen_loss']:7.3f} {r['gen_acc']:8.3f} {r['disc_loss']:7.4f} "
               f"{r['disc_loss_prior']:7.4f} {r['disc_auc']:6.3f} {r['tokens_per_s']:8.0f}")
-
-
-def evaluate(export_dir: Path, held_texts: list[str], temperature: float) -> dict:
-    """Corrupt held-out text with the exported generator as training did (same temperature); score the exported
-    discriminator on it."""
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(export_dir / "discriminator")
-    gen = AutoModelForMaskedLM.from_pretrained(export_dir / "generator").eval()
-    disc = AutoModelForPreTraining.from_pretrained(export_dir / "discriminator").eval()
-    g = torch.Generator().manual_seed(0)
-    scores, labels = [], []
-    for text in held_texts:
-        enc = tok(text, truncation=True, max_length=128, return_tensors="pt")
-        ids = enc["input_ids"]
-        inner = torch.arange(1, ids.shape[1] - 1)
-        pick = inner[torch.randperm(len(inner), generator=g)[: max(1, int(0.15 * len(inner)))]]
-        masked = ids.clone()
-        masked[0, pick] = tok.mask_token_id
-        with torch.no_grad():
-            probs = torch.softmax(gen(masked).logits[0, pick] / temperature, -1)
-            sampled = torch.multinomial(probs, 1, generator=g).squeeze(1)
-            corrupted = ids.clone()
-            corrupted[0, pick] = sampled
-            logits = disc(corrupted).logits[0]
-        y = (corrupted[0] != ids[0])
-        scores.append(logits[1:-1])
-        labels.append(y[1:-1])
-    s, y = torch.cat(scores), torch.cat(labels)
-    p = y.float().mean().item()
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(s, y.float()).item()
-    prior = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-    order = torch.argsort(s)
-    ranks = torch.empty_like(order, dtype=torch.float64)
-    ranks[order] = torch.arange(1, len(s) + 1, dtype=torch.float64)
-    n_pos, n_neg = y.sum().item(), (~y).sum().item()
-    auc = (ranks[y].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    pred = s > 0
-    tp = (pred & y).sum().item()
-    return {"tokens": len(s), "replaced_share": p, "rtd_loss": bce, "prior_loss": prior, "auc": auc,
-            "precision": tp / max(1, pred.sum().item()), "recall": tp / max(1, n_pos),
-            "baseline_accuracy": 1 - p, "accuracy": (pred == y).float().mean().item()}
 
 
 def show_examples(export_dir: Path, held_texts: list[str]) -> None:
@@ -118,6 +79,23 @@ def show_examples(export_dir: Path, held_texts: list[str]) -> None:
     print("  " + " ".join(f"{t}:{p:.2f}" + ("*" if p > 0.5 else "") for t, p in zip(toks[1:-1], prob[1:-1])))
 
 
+def downstream(export_dir: Path) -> dict:
+    """`gpt-ds finetune` on a labeled task, pretrained vs random init, same recipe and seeds: what a downstream team
+    gets from the checkpoint."""
+    from gpt_ds.data.corpora import labeled_task
+    paths = labeled_task(TASK, RUN / "tasks")
+    common = ["--train", str(paths["train"]), "--validation", str(paths["validation"]), "--test", str(paths["test"]),
+              "--seeds", str(FT_SEEDS), "--no-save"]
+    model = str(export_dir / "discriminator")
+    runs = {"pretrained": json.loads(gpt_ds("finetune", model, *common, capture=True).splitlines()[-1]),
+            "random_init": json.loads(gpt_ds("finetune", model, *common, "--random-init",
+                                             capture=True).splitlines()[-1])}
+    out = {k: {"test_accuracy": r["median"]["test"]["accuracy"], "test_macro_f1": r["median"]["test"]["macro_f1"],
+               "seeds": [s["test"]["accuracy"] for s in r["seeds"]]} for k, r in runs.items()}
+    out["task"], out["train_rows"] = TASK, sum(1 for _ in open(paths["train"], encoding="utf-8"))
+    return out
+
+
 def main() -> int:
     t0 = time.time()
     RUN.mkdir(parents=True, exist_ok=True)
@@ -137,11 +115,25 @@ def main() -> int:
     show_examples(export_dir, held)
     import yaml
     temperature = yaml.safe_load((RUN / "config.yaml").read_text())["objective"]["temperature"]
-    ev = evaluate(export_dir, held, temperature)
+    from gpt_ds.evaluate import order_sensitivity, rtd_report
+    fit = [d for d in train_dirs[0].read_text().split("\n\n") if d.strip()][:HELD_OUT]
+    ev = rtd_report(export_dir, held, fit, temperature)
+    ev["order_sensitivity"] = order_sensitivity(export_dir / "generator", held)
     print(f"\nheld-out replaced-token detection ({ev['tokens']} tokens of {HELD_OUT} unseen articles, corrupted by "
           f"the exported generator at T={temperature}):\n  AUC {ev['auc']:.3f} (0.5 = chance), RTD loss {ev['rtd_loss']:.4f} vs "
           f"{ev['prior_loss']:.4f} for the all-'original' prior, precision {ev['precision']:.3f}, recall "
-          f"{ev['recall']:.3f}, accuracy {ev['accuracy']:.3f} vs {ev['baseline_accuracy']:.3f}")
+          f"{ev['recall']:.3f}, accuracy {ev['accuracy']:.3f} vs {ev['baseline_accuracy']:.3f}\n"
+          f"  token-identity-only baseline AUC {ev['token_identity_auc']:.3f} (what context adds is the difference)\n"
+          f"  generator: masked-token accuracy {ev['order_sensitivity']['accuracy']:.3f}, "
+          f"{ev['order_sensitivity']['accuracy_shuffled']:.3f} with the context shuffled "
+          f"(equal = a bag-of-words model)")
+    ft = downstream(export_dir)
+    pre, rnd = ft["pretrained"], ft["random_init"]
+    gain = 100 * (pre["test_accuracy"] - rnd["test_accuracy"])
+    print(f"\nfine-tuned on {TASK} ({ft['train_rows']} labeled training sentences; test accuracy, median of "
+          f"{FT_SEEDS} seeds):\n  pretrained {100 * pre['test_accuracy']:.1f}%   random init "
+          f"{100 * rnd['test_accuracy']:.1f}%   -> pretraining {'adds' if gain > 0 else 'costs'} {abs(gain):.1f} points")
+    ev["finetune"] = ft
     (RUN / "demo_eval.json").write_text(json.dumps(ev, indent=1))
     ok = ev["auc"] > 0.7 and ev["rtd_loss"] < ev["prior_loss"]
     print(f"\n{'OK' if ok else 'NOT LEARNED'}: the discriminator {'beats' if ok else 'does not beat'} the "

@@ -19,7 +19,7 @@ import torch
 from gpt_ds.config import Config, config_from_dict
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.hf_config import discriminator_config, generator_config
-from gpt_ds.train import checkpoint
+from gpt_ds.train import checkpoint, safe_load
 
 TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight"}
 
@@ -54,13 +54,13 @@ def engine_state_dict(step_dir: Path, tag: str) -> dict[str, torch.Tensor]:
         raise GptDsError(f"{folder}: missing; the checkpoint is incomplete")
     if glob.glob(str(folder / "*optim_states.pt")) and glob.glob(str(folder / "zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=tag)
+        with safe_load.weights_only_loads():  # zero_to_fp32 would unpickle anything
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=tag)
     else:
         files = sorted(folder.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise GptDsError(f"{folder}: no DeepSpeed model states found")
-        # our own checkpoint, written by DeepSpeed with pickled metadata (not just tensors)
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        sd = safe_load.load(files[0], map_location="cpu")["module"]
     return {k: v.float() for k, v in sd.items()}
 
 
@@ -113,6 +113,14 @@ def framework_towers(cfg: Config, state: dict, weights: dict[str, dict]):
     return gen.eval(), disc.eval() if disc is not None else None
 
 
+def _readable(root: Path) -> None:
+    """safetensors writes its files 0600; an export is handed to other people: rw-r--r-- (within the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in root.rglob("*"):
+        os.chmod(path, (0o755 if path.is_dir() else 0o644) & ~umask)
+
+
 def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = False) -> dict:
     step_dir = find_step_dir(Path(run_dir), step)
     state = checkpoint.read_state(step_dir)
@@ -127,6 +135,8 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
     if state.get("tokenizer_dir"):
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(state["tokenizer_dir"])
+        # truncation=True (pipelines, finetune) must stop at the model's positions, not the tokenizer's 512 default
+        tok.model_max_length = cfg.model.max_position_embeddings
     # the MLM baseline's encoder is the one to fine-tune: it goes out as the generator (ElectraForMaskedLM)
     for name, model in (("generator", gen), ("discriminator", disc)):
         if model is None:
@@ -138,6 +148,7 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
             "embedding_sharing": cfg.objective.embedding_sharing, "temperature": cfg.objective.temperature,
             "tokenizer": bool(tok)}
     (tmp / "gpt_ds_export.json").write_text(json.dumps(info, indent=1))
+    _readable(tmp)
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

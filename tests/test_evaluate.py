@@ -35,3 +35,40 @@ def test_embedding_geometry_tells_a_collapsed_table_from_a_random_one():
         w += torch.linspace(0.5, 2.0, w.shape[0])[:, None] * torch.randn(1, w.shape[1])
     collapsed = embedding_geometry(model)
     assert collapsed["top1_share"] > 0.9 and collapsed["mean_cos"] > 0.9
+
+
+def _masked_lm_folder(out, zero_positions: bool):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import ElectraConfig, ElectraForMaskedLM, PreTrainedTokenizerFast
+    words = [f"w{i}" for i in range(40)]
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                               ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    torch.manual_seed(0)
+    model = ElectraForMaskedLM(ElectraConfig(vocab_size=len(vocab), embedding_size=32, hidden_size=32,
+                                             num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                             max_position_embeddings=64, initializer_range=0.5))
+    if zero_positions:  # no position signal: self-attention is then permutation-equivariant, a bag of words
+        with torch.no_grad():
+            model.electra.embeddings.position_embeddings.weight.zero_()
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out, words
+
+
+def test_order_sensitivity_tells_a_bag_of_words_model_from_one_that_reads_positions(tmp_path):
+    from gpt_ds.evaluate import order_sensitivity
+    bag, words = _masked_lm_folder(tmp_path / "bag", zero_positions=True)
+    ordered, _ = _masked_lm_folder(tmp_path / "ordered", zero_positions=False)
+    import random
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(8)]
+    b = order_sensitivity(bag, texts)
+    o = order_sensitivity(ordered, texts)
+    assert b["masked_tokens"] == o["masked_tokens"] == 80
+    assert b["kl_shuffled"] < 1e-9 and b["accuracy"] == b["accuracy_shuffled"]
+    assert o["kl_shuffled"] > 1e-3

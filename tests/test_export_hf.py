@@ -39,6 +39,15 @@ def test_export_loads_with_auto_classes_and_pipelines(text_run, tmp_path):
     batch = AutoTokenizer.from_pretrained(out / "discriminator")(["a good film", "a bad film"], return_tensors="pt",
                                                                  padding=True)
     assert clf(**batch).logits.shape == (2, 2)
+    # a text longer than the model's positions: truncation stops at them (the tokenizer's default 512 would crash)
+    for part in ("discriminator", "generator"):
+        positions = json.loads((out / part / "config.json").read_text())["max_position_embeddings"]
+        assert AutoTokenizer.from_pretrained(out / part).model_max_length == positions
+        assert (out / part / "model.safetensors").stat().st_mode & 0o044 == 0o044  # group/other may read it
+    clf.save_pretrained(tmp_path / "clf")
+    AutoTokenizer.from_pretrained(out / "discriminator").save_pretrained(tmp_path / "clf")
+    long_text = " ".join(["the economy is growing and the president said so"] * 250)
+    assert pipeline("text-classification", model=str(tmp_path / "clf"), truncation=True)(long_text)[0]["score"] > 0
 
 
 def test_resume_with_another_tokenizer_is_refused(text_run, tmp_path):

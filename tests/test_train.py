@@ -72,6 +72,19 @@ def test_resume_gives_the_same_losses(full_run, tmp_path):
         assert all(abs(a[s] - b[s]) <= 1e-6 for s in range(1, 7)), (key, a, b)
 
 
+def test_checkpoints_without_state_are_not_overwritten_by_a_fresh_start(full_run, tmp_path):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(full_run, d)
+    for state in (d / "checkpoints").glob("step_*/trainer_state.json"):
+        state.unlink()
+    before = (d / "metrics.jsonl").read_text()
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "--nproc", "2", "--resume", "auto",
+               check=False, timeout=60)
+    assert p.returncode == 2 and "none is complete" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert (d / "metrics.jsonl").read_text() == before
+
+
 def test_zero3_two_ranks_equals_zero0_one_rank(tmp_path):
     nodrop = ["model.hidden_dropout=0", "model.attention_dropout=0", "train.max_steps=3", "checkpoint.every=100"]
     z3, z0 = tmp_path / "z3", tmp_path / "z0"
@@ -95,7 +108,9 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
     assert isinstance(disc, ElectraForPreTraining) and isinstance(gen, ElectraForMaskedLM)
     assert (out / "discriminator" / "model.safetensors").is_file() and not list(out.rglob("*.bin"))
-    assert gen.generator_lm_head.weight.data_ptr() == gen.electra.embeddings.word_embeddings.weight.data_ptr()
+    # tiny's generator softmax is untied (configs/tiny.yaml): its own output matrix, apart from the input table
+    assert not gen.config.tie_word_embeddings
+    assert gen.generator_lm_head.weight.data_ptr() != gen.electra.embeddings.word_embeddings.weight.data_ptr()
     # the GDES merge: the exported table is E_G + delta, not the zero-initialised delta alone
     assert disc.electra.embeddings.word_embeddings.weight.abs().mean() > 1e-3
     ids = torch.randint(5, 300, (2, 16))
@@ -109,6 +124,7 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     (["data.synthetic=false", "data.sources=[/nonexistent/corpus]"], "'/nonexistent/corpus' does not exist"),
     (["deepspeed.overrides={train_batch_size: 64}"], "contradicts train.global_batch"),
     (["objective.kind=elektra"], "did you mean 'electra'"),
+    (["model.initializer_range=0"], "model.initializer_range = 0.0 must be in (0, 1)"),
 ])
 def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", *overrides, "--nproc", "2", check=False,
@@ -160,11 +176,11 @@ def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
             assert abs(x - y) <= 1e-6 * max(1.0, abs(y)), (key, s, x, y)
 
 
-def test_untied_output_embeddings_train_on_two_ranks_and_export(tmp_path):
-    """model.tie_output_embeddings=false: the generator's output matrix is its own parameter (ZeRO-3 gathers it for
-    the head), the input table stays apart from it, and the export holds both and reloads exactly."""
-    d = tmp_path / "untied"
-    gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "model.tie_output_embeddings=false", "train.max_steps=3",
+def test_tied_output_embeddings_train_on_two_ranks_and_export(tmp_path):
+    """model.tie_output_embeddings=true (ELECTRA's and BERT's own choice): the generator's softmax reads the input
+    table under ZeRO-3, and the export ties them again, reloading exactly."""
+    d = tmp_path / "tied"
+    gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "model.tie_output_embeddings=true", "train.max_steps=3",
            "checkpoint.every=100", "--nproc", "2")
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(d))
     out = tmp_path / "out"
@@ -173,5 +189,4 @@ def test_untied_output_embeddings_train_on_two_ranks_and_export(tmp_path):
     from transformers import AutoModelForMaskedLM
     gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
     head, table = gen.generator_lm_head.weight, gen.electra.embeddings.word_embeddings.weight
-    assert head.data_ptr() != table.data_ptr() and not torch.equal(head, table)
-    assert not gen.config.tie_word_embeddings
+    assert head.data_ptr() == table.data_ptr() and gen.config.tie_word_embeddings

@@ -14,7 +14,7 @@ def _electra_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, laye
         num_attention_heads=heads, intermediate_size=ffn, hidden_act=m.activation,
         hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
         max_position_embeddings=m.max_position_embeddings, type_vocab_size=2, pad_token_id=pad_id,
-        initializer_range=0.02, layer_norm_eps=1e-12)
+        initializer_range=m.initializer_range, layer_norm_eps=1e-12)
 
 
 def discriminator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig:

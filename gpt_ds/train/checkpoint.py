@@ -62,7 +62,14 @@ def find_resume(ckpt_dir: Path, resume: str) -> Path | None:
         if (p / STATE_FILE).is_file():
             return p
     steps = complete_steps(ckpt_dir)
-    return steps[-1][1] if steps else None
+    if steps:
+        return steps[-1][1]
+    started = sorted(p.name for p in ckpt_dir.iterdir() if STEP_RE.match(p.name)) if ckpt_dir.is_dir() else []
+    if started:  # starting at step 0 here would overwrite them and repeat every step in metrics.jsonl
+        raise GptDsError(f"{ckpt_dir}: {len(started)} step folder(s) ({', '.join(started[-3:])}) but none is complete "
+                         f"(no {STATE_FILE}); refusing to start over on top of them. Restore the file, resume from a "
+                         f"folder you trust (--resume PATH), or start afresh with --resume none or another run.dir")
+    return None
 
 
 def read_state(step_dir: Path) -> dict:

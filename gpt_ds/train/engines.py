@@ -47,7 +47,8 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
             tables.append(disc.pt.electra.embeddings.position_embeddings.weight)
         for w in tables:
             with torch.no_grad():
-                w.copy_(sinusoidal_positions(*w.shape) * (0.02 / 0.7071))  # about the std of the normal init
+                # about the std of the normal init
+                w.copy_(sinusoidal_positions(*w.shape) * (cfg.model.initializer_range / 0.7071))
     if cfg.model.init_output_priors and unigram_logp is not None:
         init_output_priors(gen, disc, unigram_logp, cfg.objective.mask_prob)
     return gen, disc

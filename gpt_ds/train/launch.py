@@ -45,6 +45,8 @@ def preflight(cfg: Config, world_size: int, resume: str) -> None:
         if step_dir is not None:
             from gpt_ds.train.trainer import check_resume_compatible
             check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)
+            from gpt_ds.train.safe_load import verify_files
+            verify_files(step_dir)
     except GptDsError as e:
         problems.append(str(e))
     if problems:

@@ -95,6 +95,8 @@ def _convert_one(src: Path, out: Path) -> str:
     import tempfile
 
     from deepspeed.checkpoint import ds_to_universal
+
+    from gpt_ds.train.safe_load import weights_only_loads
     log = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="gpt_ds_universal_") as links:
         (Path(links) / "in").symlink_to(src.resolve(), target_is_directory=True)
@@ -102,7 +104,7 @@ def _convert_one(src: Path, out: Path) -> str:
         args = argparse.Namespace(input_folder=f"{links}/in", output_folder=f"{links}/out/{out.name}",
                                   num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
                                   inject_missing_state=True)
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), weights_only_loads():
             ds_to_universal.main(args)
     return log.getvalue()
 
@@ -191,10 +193,12 @@ def prepare(step_dir: Path, engines: dict, world_size: int, rank: int) -> dict[s
 def load_engine(engine, step_dir: Path, name: str, how: str) -> None:
     """Load one engine's weights, optimizer and scheduler state, natively or from the universal copy."""
     kw = dict(tag=name, load_optimizer_states=True, load_lr_scheduler_states=True)
+    from gpt_ds.train.safe_load import weights_only_loads
     if how == "native":
-        path, _ = engine.load_checkpoint(str(step_dir), **kw)
+        with weights_only_loads():
+            path, _ = engine.load_checkpoint(str(step_dir), **kw)
     else:
-        with _universal_load(engine):
+        with _universal_load(engine), weights_only_loads():
             path, _ = engine.load_checkpoint(str(step_dir / UNIVERSAL_DIR), **kw)
         if engine.zero_optimization_stage() == 3:
             _repair_stage3_load(engine, step_dir / UNIVERSAL_DIR / name / "zero" / "optimizer_state.pt")
