@@ -17,12 +17,26 @@ COMMANDS = {
     "index": ("gpt_ds.data.samples", "build the fixed-length sample index of a store for a sequence length"),
     "check": ("gpt_ds.zero.check", "validate a config and its ds_configs before launch"),
     "estimate": ("gpt_ds.zero.estimate", "estimate per-GPU memory and step time for a config"),
+    "config": ("gpt_ds.config_cmd", "print the resolved config (preset or file + overrides) as YAML"),
 }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import gpt_ds
+    parts = []
+    for package in ("torch", "deepspeed", "transformers", "accelerate"):
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    return f"gpt-ds {gpt_ds.__version__} ({', '.join(parts)})"
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: gpt-ds <command> [options]", "", "commands:"]
+    lines = ["usage: gpt-ds <command> [options]   (gpt-ds --version)", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -32,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(_version())
+        return 0
     name = argv[0]
     if name not in COMMANDS:
         import difflib

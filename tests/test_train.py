@@ -190,3 +190,18 @@ def test_tied_output_embeddings_train_on_two_ranks_and_export(tmp_path):
     gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
     head, table = gen.generator_lm_head.weight, gen.electra.embeddings.word_embeddings.weight
     assert head.data_ptr() == table.data_ptr() and gen.config.tie_word_embeddings
+
+
+def test_a_job_log_gets_one_progress_line_per_interval_and_checkpoint_lines(tmp_path):
+    """stderr is not a terminal here, as in a SLURM .out file: rank 0 alone prints the documented line."""
+    import re
+    d = tmp_path / "run"
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=4", "logging.every=2",
+               "checkpoint.every=4", "--nproc", "2")
+    line = re.compile(r"^gpt_ds: step (\d+)/4 \((\d+\.\d)%\) loss \d+\.\d{4} mlm \d+\.\d{4} mlm_acc \d\.\d{3} "
+                      r"rtd \d+\.\d{4} auc \d\.\d{3} tok/s \d+ (?:mfu \d+\.\d{3} )?mem \d+\.\d\d GiB "
+                      r"elapsed \d+:\d\d:\d\d eta \d+:\d\d:\d\d$", re.M)
+    found = line.findall(p.stderr)
+    assert [int(s) for s, _ in found] == [2, 4], p.stderr[-3000:]
+    assert [float(pct) for _, pct in found] == [50.0, 100.0]
+    assert len(re.findall(r"^gpt_ds: checkpoint step 4 saved to .*step_0000004 \(\d+\.\d s\)$", p.stderr, re.M)) == 1

@@ -79,6 +79,36 @@ def histogram_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float(((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg)).item())
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def peak_memory_gib() -> float:
+    """This process's peak: the accelerator's allocator on a GPU, the resident set on the CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def progress_line(step: int, total: int, record: dict, elapsed: float, steps_per_s: float) -> str:
+    """One greppable line per logging interval for job logs (docs/configuration.md, "Progress lines"):
+    `gpt_ds: step S/T (P%) loss L mlm M mlm_acc A [rtd R auc U] tok/s N [mfu F] mem G GiB elapsed H:MM:SS eta H:MM:SS`.
+    The fields keep their names and order; absent ones (no discriminator, no MFU) are left out."""
+    r = record
+    parts = [f"gpt_ds: step {step}/{total} ({100 * step / max(1, total):.1f}%)", f"loss {r.get('loss', float('nan')):.4f}",
+             f"mlm {r.get('gen_loss', float('nan')):.4f}", f"mlm_acc {r.get('gen_acc', float('nan')):.3f}"]
+    if "disc_loss" in r:
+        parts += [f"rtd {r['disc_loss']:.4f}", f"auc {r.get('disc_auc', float('nan')):.3f}"]
+    parts.append(f"tok/s {r.get('tokens_per_s', 0):.0f}")
+    if "mfu" in r:
+        parts.append(f"mfu {r['mfu']:.3f}")
+    eta = (total - step) / steps_per_s if steps_per_s > 0 else 0.0
+    parts += [f"mem {peak_memory_gib():.2f} GiB", f"elapsed {_clock(elapsed)}", f"eta {_clock(eta)}"]
+    return " ".join(parts)
+
+
 class MetricsLogger:
     """Rank 0 only writes; other ranks hold a no-op logger."""
 
@@ -98,11 +128,12 @@ class MetricsLogger:
                 self.tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError:  # tensorboard is a listed dependency; a trimmed install still trains
                 self.tb = None
-        if progress_bar and sys.stderr.isatty():  # a batch log gets the JSONL records, not a redrawn bar
+        if progress_bar and sys.stderr.isatty():  # a terminal gets a bar; a job log gets progress_line()s
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
                             mininterval=2.0)
         self.t0 = time.time()
+        self.total_steps, self.start_step = total_steps, start_step
 
     def log(self, step: int, record: dict) -> None:
         if not self.enabled:
@@ -117,6 +148,10 @@ class MetricsLogger:
             self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
                                  rtd=f"{record.get('disc_loss', float('nan')):.3f}",
                                  tok_s=f"{record.get('tokens_per_s', 0):.0f}", refresh=False)
+        else:
+            print(progress_line(step, self.total_steps, record, time.time() - self.t0,
+                                (step - self.start_step) / max(1e-9, time.time() - self.t0)),
+                  file=sys.stderr, flush=True)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

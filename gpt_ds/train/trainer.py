@@ -84,8 +84,13 @@ class Trainer:
             print(f"gpt_ds: resumed from {step_dir} at step {self.step}", file=sys.stderr, flush=True)
 
     def save(self) -> Path:
-        return checkpoint.save(self.ckpt_dir, self.step, self.engines, self._state(), self.rank,
+        t0 = time.perf_counter()
+        path = checkpoint.save(self.ckpt_dir, self.step, self.engines, self._state(), self.rank,
                                self.cfg.checkpoint.keep_last)
+        if self.rank == 0:
+            print(f"gpt_ds: checkpoint step {self.step} saved to {path} ({time.perf_counter() - t0:.1f} s)",
+                  file=sys.stderr, flush=True)
+        return path
 
     # ---------------------------------------------------------------------------------------------------- one step
     def _mask(self, batch: dict, sample_numbers: torch.Tensor):
