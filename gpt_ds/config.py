@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -346,6 +347,30 @@ def validate(cfg: Config) -> None:
         problems.append("train.global_batch and train.grad_accum must be > 0, train.micro_batch >= 0")
     if t.max_steps <= 0:
         problems.append(f"train.max_steps = {t.max_steps} must be > 0")
+    op = cfg.optim
+    if not (math.isfinite(op.lr) and op.lr > 0):
+        problems.append(f"optim.lr = {op.lr} must be a finite number > 0")
+    if op.warmup_steps < 0:
+        problems.append(f"optim.warmup_steps = {op.warmup_steps} must be >= 0")
+    if not (math.isfinite(op.weight_decay) and op.weight_decay >= 0):
+        problems.append(f"optim.weight_decay = {op.weight_decay} must be a finite number >= 0")
+    if not (0 <= op.beta1 < 1 and 0 <= op.beta2 < 1):
+        problems.append(f"optim.beta1 = {op.beta1}, optim.beta2 = {op.beta2}: each must be in [0, 1)")
+    if not (math.isfinite(op.eps) and op.eps > 0):
+        problems.append(f"optim.eps = {op.eps} must be a finite number > 0")
+    if not 0 <= op.min_lr_ratio <= 1:
+        problems.append(f"optim.min_lr_ratio = {op.min_lr_ratio} must be in [0, 1]")
+    if not (math.isfinite(op.grad_clip) and op.grad_clip >= 0):
+        problems.append(f"optim.grad_clip = {op.grad_clip} must be a finite number >= 0 (0: no clipping)")
+    if cfg.checkpoint.every <= 0:
+        problems.append(f"checkpoint.every = {cfg.checkpoint.every} must be > 0 (steps between checkpoints)")
+    if cfg.checkpoint.keep_last < 0:
+        problems.append(f"checkpoint.keep_last = {cfg.checkpoint.keep_last} must be >= 0 (0: keep all)")
+    if cfg.logging.every <= 0:
+        problems.append(f"logging.every = {cfg.logging.every} must be > 0 (steps between metric records)")
+    for name in ("hidden_dropout", "attention_dropout"):
+        if not 0 <= getattr(m, name) < 1:
+            problems.append(f"model.{name} = {getattr(m, name)} must be in [0, 1)")
     for s in cfg.data.sources:
         if s.weight <= 0:
             problems.append(f"data.sources entry '{s.path}' has weight {s.weight}; weights must be > 0")

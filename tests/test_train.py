@@ -125,6 +125,12 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     (["deepspeed.overrides={train_batch_size: 64}"], "contradicts train.global_batch"),
     (["objective.kind=elektra"], "did you mean 'electra'"),
     (["model.initializer_range=0"], "model.initializer_range = 0.0 must be in (0, 1)"),
+    (["optim.lr=-1e-3"], "optim.lr = -0.001 must be a finite number > 0"),
+    (["optim.lr=nan"], "optim.lr = nan must be a finite number > 0"),
+    (["optim.warmup_steps=-5"], "optim.warmup_steps = -5 must be >= 0"),
+    (["checkpoint.every=0"], "checkpoint.every = 0 must be > 0"),
+    (["logging.every=0"], "logging.every = 0 must be > 0"),
+    (["model.hidden_dropout=1.5"], "model.hidden_dropout = 1.5 must be in [0, 1)"),
 ])
 def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", *overrides, "--nproc", "2", check=False,
@@ -132,6 +138,11 @@ def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
     assert p.returncode == 2, p.stderr
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_nproc_below_one_is_refused(tmp_path):
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", "--nproc", "0", check=False, timeout=60)
+    assert p.returncode == 2 and "--nproc 0" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_unparsable_ds_config_is_named(tmp_path):

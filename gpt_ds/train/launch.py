@@ -102,6 +102,8 @@ def _is_requeue(code: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: the number of local ranks must be >= 1")
     cfg = load_config(args.config, args.overrides)
     resume = args.resume or cfg.checkpoint.resume
     from gpt_ds.dist.env import detect_env, export_env
