@@ -200,3 +200,43 @@ def test_step_flops_attention_and_encoder_terms_match_torchs_flop_counter():
     counts = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
     assert counts["aten.bmm"] == attention_flops(b * L, L, h, layers)
     assert sum(counts.values()) == encoder_forward_flops(b * L, L, h, layers, ffn, e)
+
+
+def test_output_priors_start_both_losses_at_the_data_prior():
+    """model.init_output_priors: the generator's bias is the (centred) log unigram of the data, the RTD bias the
+    log-odds of mask_prob, so the first MLM loss is about the unigram entropy instead of log V."""
+    from gpt_ds.model.priors import replaced_log_odds, unigram_log_probs
+    from gpt_ds.train.engines import build_models
+    g = torch.Generator().manual_seed(0)
+    zipf = 1.0 / torch.arange(1, V - 5 + 1, dtype=torch.float64)
+    tokens = torch.multinomial(zipf / zipf.sum(), 256 * L, replacement=True, generator=g).view(256, L) + 5
+    tokens[:, 0], tokens[:, -1] = SPECIALS["cls"], SPECIALS["sep"]
+
+    class Rows:
+        def __len__(self):
+            return len(tokens)
+
+        def batch(self, idx):
+            return {"input_ids": tokens[torch.as_tensor(idx)]}
+
+    logp = unigram_log_probs(Rows(), V, [0, 1, 2, 3, 4])
+    counts = torch.bincount(tokens[:, 1:-1].reshape(-1), minlength=V).double()
+    assert torch.allclose(logp[5:].double().exp(), (counts[5:] + 0.5) / (counts[5:].sum() + 0.5 * V), rtol=1e-5)
+    cfg = tiny_cfg(**{"model.tie_output_embeddings": "false"})
+    entropy = -(logp[5:].exp() * logp[5:]).sum().item() / logp[5:].exp().sum().item()
+    losses = {}
+    for with_priors in (True, False):
+        gen, disc = build_models(cfg, V, SPECIALS["pad"], seed=0, unigram_logp=logp if with_priors else None)
+        if with_priors:
+            torch.testing.assert_close(gen.mlm.generator_lm_head.bias, logp - logp.mean())
+            rtd_bias = disc.pt.discriminator_predictions.dense_prediction.bias
+            assert torch.allclose(rtd_bias, torch.full_like(rtd_bias, replaced_log_odds(0.15)))
+        ids = tokens[:64]
+        masked = ids.clone()
+        masked[:, 1:-1] = SPECIALS["mask"]
+        labels = ids.clone()
+        labels[:, [0, -1]] = -100
+        with torch.no_grad():
+            losses[with_priors] = gen.mlm.eval()(masked, labels=labels).loss.item()
+    assert abs(losses[True] - entropy) < 0.1, (losses, entropy)
+    assert losses[False] > math.log(V - 5) - 0.1 > entropy + 0.3

@@ -62,8 +62,10 @@ def test_bf16_with_optimizer_offload_resumes_on_one_rank(tmp_path):
     """The GPU presets' path on the CPU: bf16 ZeRO-3 with the generator's optimizer offloaded, saved on 2 ranks and
     resumed on 1. bf16 sums in another order on another number of ranks, so the bound is 1e-3 (relative), not 1e-5;
     Adam moments lost in the conversion would move step 4's loss by far more (a step moves it by ~4% here)."""
+    # the tied generator softmax, whose step-to-step loss change the bound below was set against (untied: the other
+    # tests of this module, at 1e-5)
     run = [*RUN[:-2], "train.precision=bf16", "deepspeed.generator=ds_configs/zero3_offload_optimizer_bf16.json",
-           "deepspeed.discriminator=ds_configs/zero3_bf16.json"]
+           "deepspeed.discriminator=ds_configs/zero3_bf16.json", "model.tie_output_embeddings=true"]
     kept = tmp_path / "kept"
     gpt_ds("pretrain", "tiny", *run, f"run.dir={kept}", "checkpoint.every=2", "--nproc", "2")
     one = tmp_path / "one"

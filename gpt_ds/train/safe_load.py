@@ -22,10 +22,12 @@ _LOCK = threading.RLock()
 
 
 def allowed_globals() -> list:
-    """What DeepSpeed writes into a ZeRO optimizer file besides tensors and plain values (its stage and loss scalers)."""
+    """What DeepSpeed writes into a ZeRO optimizer file besides tensors and plain values: its stage, loss scalers and
+    (ZeRO-1/2) the named tuple that locates each parameter's fragment in the flat partition."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 def load(f, *args, **kwargs):

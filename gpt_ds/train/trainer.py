@@ -42,7 +42,9 @@ class Trainer:
             raise GptDsError(f"model.vocab_size {self.vocab_size} is smaller than the tokenizer's {ds.vocab_size}; "
                              f"set model.vocab_size=0 to take the tokenizer's")
         self.special_ids = sorted({ds.pad_id, ds.cls_id, ds.sep_id, ds.mask_id, ds.unk_id})
-        unigram = unigram_log_probs(ds, self.vocab_size, self.special_ids) if cfg.model.init_output_priors else None
+        # synthetic rows are uniform random ids: their prior is uniform already, an estimate would only add noise
+        priors = cfg.model.init_output_priors and not cfg.data.synthetic
+        unigram = unigram_log_probs(ds, self.vocab_size, self.special_ids) if priors else None
         self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id, unigram)
         self.device = self.engines.generator.device
         self.step = 0
