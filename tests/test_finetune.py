@@ -250,3 +250,19 @@ def test_labeled_tasks_are_deduplicated_disjoint_and_fixed(name, tmp_path):
                       "movie-sentiment": {"negative", "positive"}}[name]
     before = {s: p.read_bytes() for s, p in paths.items()}
     assert {s: p.read_bytes() for s, p in labeled_task(name, tmp_path).items()} == before
+
+
+def test_train_rows_is_a_fixed_subset_for_every_model_and_seed(tmp_path):
+    """--train-rows: the label-scarce setting; the same rows whatever the model or fine-tuning seed."""
+    from gpt_ds.finetune.data import load_task
+    rows = [{"text": f"w{i} {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2 else "neg"} for i in range(50)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a = load_task({"train": str(path)}, "text", None, "label", validation_fraction=0.2, train_rows=12)
+    b = load_task({"train": str(path)}, "text", None, "label", validation_fraction=0.2, train_rows=12)
+    full = load_task({"train": str(path)}, "text", None, "label", validation_fraction=0.2)
+    assert len(a.splits["train"].texts) == 12 and a.splits["train"].texts == b.splits["train"].texts
+    assert set(a.splits["train"].texts) < set(full.splits["train"].texts)  # drawn from the training share only
+    assert a.splits["validation"].texts == full.splits["validation"].texts  # selection split untouched
+    assert load_task({"train": str(path)}, "text", None, "label", validation_fraction=0.2,
+                     train_rows=500).splits["train"].texts == full.splits["train"].texts

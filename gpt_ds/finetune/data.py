@@ -150,8 +150,20 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     return new_train, take(val_idx, "validation")
 
 
+def subsample(train: Split, rows: int, seed: int) -> Split:
+    """A fixed, seeded subset of the training rows (the label-scarce setting), the same for every model and seed."""
+    import random
+    if rows >= len(train.texts):
+        return train
+    idx = sorted(random.Random(seed).sample(range(len(train.texts)), rows))
+    out = Split(train.name, f"{train.source} ({rows} of {len(train.texts)} rows)", [train.texts[i] for i in idx],
+                [train.pairs[i] for i in idx] if train.pairs else None, [train.labels[i] for i in idx])
+    out.skipped = train.skipped
+    return out
+
+
 def load_task(paths: dict[str, str | None], text_field: str, pair_field: str | None, label_field: str, *,
-              validation_fraction: float = 0.1, split_seed: int = 0) -> Task:
+              validation_fraction: float = 0.1, split_seed: int = 0, train_rows: int = 0) -> Task:
     """paths: {"train": ..., "validation": ... or None, "test": ... or None}."""
     if not paths.get("train"):
         raise GptDsError("--train is required")
@@ -167,6 +179,8 @@ def load_task(paths: dict[str, str | None], text_field: str, pair_field: str | N
               for role, p in paths.items() if p}
     if "validation" not in splits:
         splits["train"], splits["validation"] = carve_validation(splits["train"], validation_fraction, split_seed)
+    if train_rows:
+        splits["train"] = subsample(splits["train"], train_rows, split_seed)
     names = _sort_labels({_label_key(v) for v in splits["train"].labels})
     if len(names) < 2:
         raise GptDsError(f"--train {splits['train'].source}: field '{label_field}' has a single value {names}; a "

@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--evals-per-epoch", type=int, default=2, help="validation points per epoch for the selection")
     g.add_argument("--select-metric", choices=METRICS, default="accuracy")
     g.add_argument("--validation-fraction", type=float, default=0.1)
+    g.add_argument("--train-rows", type=int, default=0,
+                   help="train on a fixed random subset of this many rows (seed 0, the same for every model and "
+                        "seed): the label-scarce setting; 0 = all")
     g.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
                    help="default: accelerate's (its config / `accelerate launch` flags)")
 
@@ -64,7 +67,8 @@ def check_recipe(a: argparse.Namespace) -> None:
                      ("weight-decay", a.weight_decay >= 0), ("warmup-ratio", 0 <= a.warmup_ratio < 1),
                      ("epochs", a.epochs > 0), ("batch-size", a.batch_size > 0), ("seeds", a.seeds >= 1),
                      ("max-length", a.max_length >= 0), ("evals-per-epoch", a.evals_per_epoch >= 1),
-                     ("validation-fraction", 0 < a.validation_fraction < 1), ("max-grad-norm", a.max_grad_norm >= 0)):
+                     ("validation-fraction", 0 < a.validation_fraction < 1), ("max-grad-norm", a.max_grad_norm >= 0),
+                     ("train-rows", a.train_rows >= 0)):
         if not ok:
             bad.append(f"--{name} {getattr(a, name.replace('-', '_'))}")
     if bad:
@@ -238,7 +242,8 @@ def finetune(a: argparse.Namespace) -> dict:
         raise GptDsError(f"{model_dir}: no such model folder")
     tokenizer = load_tokenizer(model_dir)
     task: Task = load_task({"train": a.train, "validation": a.validation, "test": a.test}, a.text_field,
-                           a.text_pair_field, a.label_field, validation_fraction=a.validation_fraction)
+                           a.text_pair_field, a.label_field, validation_fraction=a.validation_fraction,
+                           train_rows=a.train_rows)
     config = load_config(model_dir, task.label_names)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     # Without a GPU accelerate only forms a CPU process group when told to (else each process would train alone)
@@ -279,7 +284,7 @@ def finetune(a: argparse.Namespace) -> dict:
         log(f"seed {seed} done: best validation {a.select_metric} {score:.4f} at step {result['best_step']}"
             + (f", test {a.select_metric} {result['test'][a.select_metric]:.4f}" if "test" in result else ""))
     recipe = {k: getattr(a, k) for k in ("lr", "layer_decay", "weight_decay", "warmup_ratio", "epochs", "batch_size",
-                                         "max_grad_norm", "evals_per_epoch", "select_metric")}
+                                         "max_grad_norm", "evals_per_epoch", "select_metric", "train_rows")}
     summary = {"model": str(model_dir), "random_init": a.random_init, "labels": task.label_names, "data": counts,
                "recipe": dict(recipe, max_length=max_length, processes=n_proc), "seeds": per_seed,
                "median": {s: median_over_seeds(per_seed, s) for s in ("validation", "test")}}
