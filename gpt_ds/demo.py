@@ -20,6 +20,7 @@ STEPS = int(os.environ.get("GPT_DS_DEMO_STEPS", "400"))
 # The downstream check: the exported discriminator and a random-init twin fine-tuned on human-labeled sentences.
 TASK = os.environ.get("GPT_DS_DEMO_TASK", "question-type")
 FT_SEEDS = int(os.environ.get("GPT_DS_DEMO_FT_SEEDS", "3"))
+FT_ROWS = int(os.environ.get("GPT_DS_DEMO_FT_ROWS", "0"))  # 0: the whole training split
 
 
 def gpt_ds(*args: str, capture: bool = False) -> str:
@@ -85,19 +86,21 @@ def downstream(export_dir: Path) -> dict:
     from gpt_ds.data.corpora import labeled_task
     paths = labeled_task(TASK, RUN / "tasks")
     common = ["--train", str(paths["train"]), "--validation", str(paths["validation"]), "--test", str(paths["test"]),
-              "--seeds", str(FT_SEEDS), "--no-save"]
+              "--seeds", str(FT_SEEDS), "--no-save", "--train-rows", str(FT_ROWS)]
     model = str(export_dir / "discriminator")
     runs = {"pretrained": json.loads(gpt_ds("finetune", model, *common, capture=True).splitlines()[-1]),
             "random_init": json.loads(gpt_ds("finetune", model, *common, "--random-init",
                                              capture=True).splitlines()[-1])}
     out = {k: {"test_accuracy": r["median"]["test"]["accuracy"], "test_macro_f1": r["median"]["test"]["macro_f1"],
                "seeds": [s["test"]["accuracy"] for s in r["seeds"]]} for k, r in runs.items()}
-    out["task"], out["train_rows"] = TASK, sum(1 for _ in open(paths["train"], encoding="utf-8"))
+    out["task"], out["train_rows"] = TASK, runs["pretrained"]["data"]["train"]["examples"]
     return out
 
 
 def main() -> int:
     t0 = time.time()
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for every folder read below
     RUN.mkdir(parents=True, exist_ok=True)
     train_dirs, held = corpus()
     tok_dir = RUN / "tokenizer"
@@ -107,6 +110,12 @@ def main() -> int:
     if not (store / "manifest.json").is_file():
         gpt_ds("prepare", "--input", *map(str, train_dirs), "--tokenizer", str(tok_dir), "--out", str(store),
                "--workers", "2")
+    # the demo pretrains from scratch each time (a run left by an older version may not fit today's preset); the
+    # corpus, tokenizer and store above are kept
+    import shutil
+    for stale in ("checkpoints", "metrics.jsonl", "tb", "config.yaml", "export"):
+        path = RUN / stale
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     gpt_ds("pretrain", "tiny", f"run.dir={RUN}", f"data.sources=[{store}]", f"data.tokenizer={tok_dir}",
            f"train.max_steps={STEPS}", "logging.progress_bar=false", "logging.every=20", "--nproc", "2")
     export_dir = RUN / "export"
