@@ -131,6 +131,8 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label="ELECTRA" if kind == "electra" else "MLM")
         ax.axhline(random[panel], color="grey", linestyle=":", label="random init")
         ax.set_xscale("log")
+        flops = [r["flops"] for r in rows]
+        ax.set_xlim(min(flops) / 2, max(flops) * 2)  # a readable decade even when all points sit at one budget
         ax.set_xlabel("pretraining FLOPs")
         ax.set_title("mean over tasks" if panel == "mean" else panel)
         ax.grid(alpha=0.3)
