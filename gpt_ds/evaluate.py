@@ -10,6 +10,8 @@
   two tokens' rows are. Random init: ~1% and ~0. A table dominated by one direction
   (the softmax's frequency direction, pushed into every row by the output layer's dense gradient) makes all tokens
   look alike to the first layer.
+- `order_sensitivity`: whether the exported masked LM reads word order (accuracy and KL with the context shuffled);
+  a model still in MLM's first, bag-of-words phase does not.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
             with torch.no_grad():
                 # about the std of the normal init
                 w.copy_(sinusoidal_positions(*w.shape) * (cfg.model.initializer_range / 0.7071))
-    if cfg.model.init_output_priors and unigram_logp is not None:
+    if unigram_logp is not None:  # the caller decides (model.init_output_priors, not on synthetic data)
         init_output_priors(gen, disc, unigram_logp, cfg.objective.mask_prob)
     return gen, disc
 

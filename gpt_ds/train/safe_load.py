@@ -3,8 +3,8 @@ loaders included.
 
 DeepSpeed's loaders (engine.load_checkpoint, zero_to_fp32, the universal-checkpoint converter) call
 `torch.load(..., weights_only=False)`, which runs whatever a crafted pickle names. `weights_only_loads()` routes
-`torch.load` through `load()` for the length of such a call: tensors, plain containers and the three DeepSpeed
-classes its optimizer files hold are allowed, anything else is refused with the file named. A truncated or corrupt
+`torch.load` through `load()` for the length of such a call: tensors, plain containers and the DeepSpeed classes
+its optimizer files hold (`allowed_globals`) are allowed, anything else is refused with the file named. A truncated or corrupt
 file is named too, instead of a zip-reader traceback.
 """
 from __future__ import annotations

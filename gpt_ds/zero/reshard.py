@@ -213,16 +213,9 @@ def _repair_stage3_load(engine, optim_file: Path) -> None:
     groups share ONE Adam step tensor, which torch's Adam increments in place once per group per step (the second
     group's bias correction would run ahead)."""
     import torch
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    try:  # tensors and plain values, plus the three DeepSpeed classes its optimizer file holds; nothing else runs
-        with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
-            saved = torch.load(optim_file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - an unexpected object in the file: say which file and what to do
-        why = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln), f"{type(e).__name__}: {e}")
-        raise GptDsError(f"{optim_file}: not loadable as plain optimizer state ({why}); delete "
-                         f"{optim_file.parents[2]} to convert again, or resume on the number of ranks the checkpoint "
-                         f"was saved on") from None
+
+    from gpt_ds.train.safe_load import load
+    saved = load(optim_file, map_location="cpu")  # weights only; a refused or corrupt file is named
     saved = saved["optimizer_state_dict"]["param_groups"]
     groups = engine.optimizer.param_groups
     if len(saved) != len(groups):
