@@ -2,13 +2,15 @@
 # The GPU checks of the fused kernels and the trainer, as one prepared script for a short device lease.
 #
 #   bash bench/gpu_check.sh wheels      # here (registry access): the packages the GPU image lacks, into .whl/
-#   bash bench/gpu_check.sh run [PART]  # on the GPU machine; PART: kernels | heads | step | smoke | all
+#   bash bench/gpu_check.sh run [PART]  # on the GPU machine; PART: kernels | smoke | curve | heads | step | all
 #
 # The GPU image has torch, triton and transformers but not DeepSpeed, pydantic, hjson, Liger-Kernel or
 # cut-cross-entropy, and it cannot reach a registry: `wheels` fetches them (Python 3.12, x86-64) for the device tool
-# to carry (carry: [".whl"]); `run` installs them into /tmp/site first. Each part has its own time limit so that one
-# hang cannot use up the lease; results go to $OUT (or runs/gpu_check): <part>.log, and summary.txt with each part's
-# exit code, time and last line (a bench's JSON, pytest's tally): 5 files, within the 8 a device call returns.
+# to carry (carry: [".whl", ".gpu"]); `run` installs them into /tmp/site first. The `curve` part also needs a token
+# store and its tokenizer under .gpu/ (`cp -r runs/electra_vs_mlm/{store,tokenizer} .gpu/`, built by
+# bench/electra_vs_mlm.py). Each part has a time limit, cut to what is left of DEADLINE, so that one hang cannot use
+# up the lease; results go to $OUT (or runs/gpu_check): <part>.log, curve-{electra,mlm}.tgz (the exports) and
+# summary.txt with each part's exit code, time and last line: 8 files, the most a device call returns.
 # See docs/kernels.md ("GPU checks").
 set -uo pipefail
 self=$(realpath "$0")
@@ -28,9 +30,15 @@ wheels() {
     ls -l .whl
 }
 
-part() {  # part NAME SECONDS CMD...: run with a limit, keep the log and its last line
+part() {  # part NAME SECONDS CMD...: run with a limit (cut to what is left of DEADLINE), keep the log and its last line
     local name=$1 limit=$2
     shift 2
+    local left=$(( ${DEADLINE:-100000} - SECONDS ))
+    if (( left < 20 )); then
+        echo "$name: skipped, $left s left of the ${DEADLINE:-} s deadline" | tee -a "$out/summary.txt"
+        return
+    fi
+    (( limit > left )) && limit=$left
     local t0=$SECONDS
     timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
@@ -61,6 +69,44 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+curve() {  # issue 13 on the GPU: ELECTRA and a compute-matched MLM on the news store (bf16, one GPU), exported
+    # and tarred into $OUT for fine-tuning elsewhere. Needs the store and tokenizer under $CURVE_DATA (default .gpu,
+    # carried). Each run has a wall-clock limit: SIGUSR1 makes it checkpoint and stop (exit 75), and the export takes
+    # the newest step either way. Extra overrides after the defaults (on a CPU: train.precision=fp32 ...).
+    local work=${CURVE_DIR:-/tmp/curve} data=${CURVE_DATA:-.gpu} py=${PYTHON:-python3}
+    local steps=${CURVE_STEPS:-2400} secs=${CURVE_SECONDS:-140}
+    rm -rf "$work" && mkdir -p "$work" || return 1
+    # the trainer's own fused torch AdamW (no "optimizer" block): DeepSpeed's FusedAdam would JIT-compile first
+    "$py" -c 'import json,sys; d=json.load(open(sys.argv[1])); d.pop("optimizer"); json.dump(d, open(sys.argv[2], "w"))' \
+        "${CURVE_DS:-ds_configs/zero0_bf16.json}" "$work/ds.json" || return 1
+    local args=(tiny "data.sources=[$data/store]" "data.tokenizer=$data/tokenizer" train.precision=bf16
+                model.kernels=triton train.global_batch=128 optim.lr=2e-3 optim.warmup_steps=300
+                "deepspeed.generator=$work/ds.json" "deepspeed.discriminator=$work/ds.json" logging.every=100
+                logging.tensorboard=false logging.progress_bar=false checkpoint.every=$((steps / 4))
+                checkpoint.keep_last=8 "$@")
+    local mlm
+    mlm=$("$py" -c "
+import json, sys
+sys.path.insert(0, 'bench')
+from electra_vs_mlm import matched_steps
+vocab = json.load(open('$data/store/manifest.json'))['vocab_size']
+print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}") || return 1
+    echo "curve: electra $steps steps, mlm $mlm steps (same FLOPs), $secs s limit each"
+    local kind n
+    for kind in electra mlm; do
+        n=$steps; [[ $kind == mlm ]] && n=$mlm
+        local t0=$SECONDS
+        timeout -s USR1 -k 60 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "objective.kind=$kind" \
+            "run.dir=$work/$kind" "train.max_steps=$n"
+        echo "curve: $kind pretrain exit $? in $((SECONDS - t0)) s"
+        "$py" -m gpt_ds.cli export "$work/$kind" --out "$work/export-$kind" || return 1
+        cp "$work/$kind/metrics.jsonl" "$work/export-$kind/metrics.jsonl"
+        tar -C "$work" -czf "$out/curve-$kind.tgz" "export-$kind" || return 1
+    done
+    ls -l "$out"/curve-*.tgz
+    tail -qn 1 "$work"/*/metrics.jsonl
+}
+
 run() {
     out=${OUT:-runs/gpu_check}
     mkdir -p "$out"
@@ -72,10 +118,23 @@ run() {
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
       python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
       python3 -c "import deepspeed; print('deepspeed', deepspeed.__version__)"; } 2>&1 | tee "$out/summary.txt"
+    grep -E '^Sig(Blk|Ign)' /proc/self/status | tr '\n' ' ' | sed 's/^/signal masks: /;s/$/\n/' >>"$out/summary.txt"
+    # DeepSpeed's JIT builder (FusedAdam) cannot parse arch names like "9.0a" that CUDA images put in this variable
+    TORCH_CUDA_ARCH_LIST=$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") && \
+        export TORCH_CUDA_ARCH_LIST
     local which=${1:-all}
+    # most telling first: numerics, then the trainer end to end, then issue 13's pretraining, then the speed benches
+    # with what is left of DEADLINE (seconds since the script started; a device call has 600)
+    DEADLINE=${DEADLINE:-565}
     if [[ $which == all || $which == kernels ]]; then  # the kernel tests' numerics, compiled Triton on the GPU
-        part kernels 90 env GPT_DS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider -m device_numerics \
+        part kernels 75 env GPT_DS_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider -m device_numerics \
             tests/test_kernels_generator.py tests/test_kernels_discriminator.py
+    fi
+    if [[ $which == all || $which == smoke ]]; then
+        part smoke 120 bash "$self" _smoke
+    fi
+    if [[ $which == all || $which == curve ]]; then
+        part curve 330 bash "$self" _curve
     fi
     if [[ $which == all || $which == heads ]]; then
         part heads 170 python3 bench/heads.py --device cuda
@@ -84,14 +143,12 @@ run() {
         part step 170 python3 bench/pretrain_step.py --device cuda --presets electra-small,electra-base --batch 64 \
             --steps 5
     fi
-    if [[ $which == all || $which == smoke ]]; then
-        part smoke 120 bash "$self" _smoke
-    fi
 }
 
 case ${1:-} in
     wheels) wheels ;;
     run) shift; run "$@" ;;
     _smoke) shift; smoke "$@" ;;
-    *) echo "usage: bash bench/gpu_check.sh wheels | run [kernels|heads|step|smoke|all]" >&2; exit 2 ;;
+    _curve) shift; out=${OUT:-runs/gpu_check}; mkdir -p "$out"; curve "$@" ;;
+    *) echo "usage: bash bench/gpu_check.sh wheels | run [kernels|smoke|curve|heads|step|all]" >&2; exit 2 ;;
 esac

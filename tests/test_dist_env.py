@@ -121,3 +121,10 @@ def test_export_env_round_trips_through_detect_env(monkeypatch):
     again = detect_env(dict(os.environ, TORCHELASTIC_RUN_ID="t"))
     assert (again.rank, again.world_size, again.local_rank, again.local_world_size, again.master_addr,
             again.master_port) == (1, 4, 1, 2, "127.0.0.1", 23001)
+
+
+def test_arch_list_for_deepspeed_drops_arch_suffixes_only():
+    from gpt_ds.dist.env import deepspeed_arch_list
+    assert deepspeed_arch_list("9.0a") == "9.0"
+    assert deepspeed_arch_list("8.0;9.0a 10.0f") == "8.0;9.0;10.0"
+    assert deepspeed_arch_list("8.6+PTX;9.0") == "8.6+PTX;9.0"  # DeepSpeed reads +PTX itself

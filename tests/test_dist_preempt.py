@@ -73,3 +73,17 @@ def test_without_a_process_group_the_local_flag_decides_and_uninstall_restores()
 
 def test_requeue_code_is_not_one_the_shell_or_timeout_use():
     assert REQUEUE_EXIT_CODE not in (0, 1, 2, 124, 125, 126, 127) and REQUEUE_EXIT_CODE < 128
+
+
+def test_a_signal_blocked_by_the_parent_is_unblocked_and_still_seen():
+    # a wrapper (a batch system, a sandbox, a supervisor) may start us with USR1 blocked; the mask survives exec
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    handler = PreemptionHandler()
+    try:
+        handler.install()
+        assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert handler.requested_locally() and handler.signal_name == "SIGUSR1"
+    finally:
+        handler.uninstall()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -213,3 +213,13 @@ def export_env(env: DistEnv) -> None:
         "MASTER_ADDR": env.master_addr,
         "MASTER_PORT": str(env.master_port),
     })
+
+
+def deepspeed_arch_list(value: str) -> str:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed's JIT op builder can read it: "9.0a" / "10.0f" become "9.0" / "10.0".
+
+    CUDA images set arch-specific names that torch accepts and DeepSpeed 0.19 does not (its FusedAdam build stops with
+    `int('0a')`). The ops it builds this way (FusedAdam, CPU Adam) use no arch-specific instructions.
+    """
+    parts = re.split(r"[;\s,]+", value.strip())
+    return ";".join(re.sub(r"^(\d+\.\d+)[a-z]", r"\1", p) for p in parts if p)

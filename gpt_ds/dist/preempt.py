@@ -33,6 +33,13 @@ class PreemptionHandler:
         for sig in self.signals:
             if sig not in self._previous:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
+        # A handler never runs for a signal the process blocks, and a blocked mask is inherited through fork and exec:
+        # a wrapper that blocks USR1 would turn every preemption warning into a silent kill at the time limit.
+        blocked = set(signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)) & set(self.signals)
+        if blocked:
+            names = ", ".join(sorted(signal.Signals(s).name for s in blocked))
+            print(f"gpt_ds: {names} arrived blocked from the parent process; unblocked so that preemption works",
+                  file=sys.stderr, flush=True)
 
     def uninstall(self) -> None:
         for sig, previous in self._previous.items():

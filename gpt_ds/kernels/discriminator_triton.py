@@ -15,8 +15,9 @@ import triton.language as tl
 CONFIG = {"fwd": dict(BLOCK_N=64, BLOCK_J=64, BLOCK_K=64, num_warps=4, num_stages=3),
           "bwd": dict(BLOCK_N=64, BLOCK_J=64, BLOCK_K=64, num_warps=4, num_stages=3)}
 
-SQRT1_2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+# constexpr: compiled Triton reads no plain module globals inside a kernel (its interpreter does, so CPU tests miss it)
+SQRT1_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit

@@ -132,6 +132,13 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu"
     if not cpu:
         torch.cuda.set_device(env.local_rank)
+        from gpt_ds.dist.env import deepspeed_arch_list
+        arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        if arch and deepspeed_arch_list(arch) != arch:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = deepspeed_arch_list(arch)
+            if env.rank == 0:
+                print(f"gpt_ds: TORCH_CUDA_ARCH_LIST {arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "
+                      "op builder (it cannot read arch suffixes)", file=sys.stderr, flush=True)
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
     from gpt_ds.train.trainer import Trainer
     try:

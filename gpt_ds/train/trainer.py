@@ -114,7 +114,8 @@ class Trainer:
         gen, disc = self.engines.generator, self.engines.discriminator
         masked = [self._mask(b, self._sample_numbers(self.step, a)) for a, b in enumerate(micro_batches)]
         counts = torch.tensor([sum(m.num_masked for m in masked),
-                               sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64)
+                               sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64,
+                              device=self.device)  # NCCL reduces device tensors only
         if dist.is_initialized():
             dist.all_reduce(counts)
         total_masked, total_tokens = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
