@@ -19,8 +19,12 @@ import yaml
 from gpt_ds.errors import GptDsError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PRESET_DIR = REPO_ROOT / "configs"
-DS_CONFIG_DIR = REPO_ROOT / "ds_configs"
+# The presets: configs/ and ds_configs/ at the top of a source tree; in an installed wheel, the copies setup.py puts
+# into gpt_ds/_data/ (one set of files in git, found the same way from either).
+_PACKAGED = Path(__file__).resolve().parent / "_data"
+DATA_ROOT = _PACKAGED if _PACKAGED.is_dir() else REPO_ROOT
+PRESET_DIR = DATA_ROOT / "configs"
+DS_CONFIG_DIR = DATA_ROOT / "ds_configs"
 
 
 class ConfigError(GptDsError, ValueError):

@@ -9,7 +9,7 @@ import copy
 import json
 from pathlib import Path
 
-from gpt_ds.config import REPO_ROOT, BatchLayout, Config, ConfigError
+from gpt_ds.config import DATA_ROOT, BatchLayout, Config, ConfigError
 
 ENGINES = ("generator", "discriminator")
 
@@ -26,8 +26,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def ds_config_path(cfg: Config, engine: str) -> Path:
     p = Path(getattr(cfg.deepspeed, engine))
-    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-        p = REPO_ROOT / p
+    if not p.is_absolute() and not p.exists() and (DATA_ROOT / p).exists():
+        p = DATA_ROOT / p  # "ds_configs/zero3_fp32.json": a shipped preset, from any working directory
     return p
 
 
