@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder; gets discriminator/ and generator/")
     p.add_argument("--step", type=int, default=None, help="export this step (default: the newest complete one)")
     p.add_argument("--verify", action="store_true", help="reload the export and compare with gpt_ds's outputs")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder to ship (default: the run's own copy, RUN/tokenizer, else the recorded path)")
 
 
 def find_step_dir(run_dir: Path, step: int | None) -> Path:
@@ -121,7 +123,8 @@ def _readable(root: Path) -> None:
         os.chmod(path, (0o755 if path.is_dir() else 0o644) & ~umask)
 
 
-def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = False) -> dict:
+def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = False,
+           tokenizer: str | Path | None = None) -> dict:
     step_dir = find_step_dir(Path(run_dir), step)
     state = checkpoint.read_state(step_dir)
     cfg = config_from_dict(state["config"])
@@ -132,9 +135,15 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
     if tmp.exists():
         shutil.rmtree(tmp)
     tok = None
-    if state.get("tokenizer_dir"):
+    if state.get("tokenizer_dir") or tokenizer:
         from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(state["tokenizer_dir"])
+        from gpt_ds.train.run_files import find_tokenizer
+        where = Path(tokenizer) if tokenizer else find_tokenizer(step_dir, state.get("tokenizer_dir"))
+        if where is None or not (where / "tokenizer_config.json").is_file():
+            raise GptDsError(f"{step_dir}: the run was trained with the tokenizer '{state.get('tokenizer_dir')}', "
+                             f"and neither that folder nor the run's own copy ({step_dir.parent.parent / 'tokenizer'}) "
+                             f"{'' if where is None else f'nor {where} '}holds one; pass --tokenizer DIR")
+        tok = AutoTokenizer.from_pretrained(str(where))
         # truncation=True (pipelines, finetune) must stop at the model's positions, not the tokenizer's 512 default
         tok.model_max_length = cfg.model.max_position_embeddings
     # the MLM baseline's encoder is the one to fine-tune: it goes out as the generator (ElectraForMaskedLM)
@@ -197,6 +206,6 @@ def verify_export(out: Path, cfg: Config, state: dict, weights: dict[str, dict])
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    info = export(args.run_dir, args.out, args.step, args.verify)
+    info = export(args.run_dir, args.out, args.step, args.verify, args.tokenizer)
     print(json.dumps(info))
     return 0

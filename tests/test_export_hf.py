@@ -68,3 +68,30 @@ def test_empty_corpus_is_refused(text_run, tmp_path):
                f"data.tokenizer={tok}", check=False, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert str(tmp_path / "empty") in p.stderr or "a.txt" in p.stderr
+
+
+def test_a_run_folder_is_self_contained_and_exports_from_anywhere(text_run, tmp_path):
+    import shutil
+    root, _, tok = text_run
+    start = tmp_path / "start"  # training starts here, with a relative tokenizer path
+    start.mkdir()
+    shutil.copytree(tok, start / "tok")
+    gpt_ds("pretrain", "tiny", *TEXT_RUN, "run.dir=run", f"data.sources=[{root / 'corpus'}]", "data.tokenizer=tok",
+           "train.max_steps=2", "checkpoint.every=100", cwd=start)
+    run = start / "run"
+    assert (run / "tokenizer" / "tokenizer_config.json").is_file() and (run / "config.yaml").is_file()
+    for engine in ("generator", "discriminator"):
+        ds = json.loads((run / f"ds_config.{engine}.json").read_text())
+        assert ds["train_batch_size"] == 8 and ds["zero_optimization"]["stage"] == 3  # what DeepSpeed received
+    moved = tmp_path / "other_machine" / "run"  # the folder copied elsewhere; the original tokenizer gone
+    shutil.copytree(run, moved)
+    shutil.rmtree(start)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    info = json.loads(gpt_ds("export", moved, "--out", "out", cwd=elsewhere).stdout.strip().splitlines()[-1])
+    assert info["tokenizer"] and (elsewhere / "out" / "discriminator" / "tokenizer_config.json").is_file()
+    shutil.rmtree(moved / "tokenizer")
+    p = gpt_ds("export", moved, "--out", "out2", cwd=elsewhere, check=False)
+    assert p.returncode == 2 and "--tokenizer" in p.stderr and "Traceback" not in p.stderr
+    gpt_ds("export", moved, "--out", "out3", "--tokenizer", tok, cwd=elsewhere)
+    assert (elsewhere / "out3" / "generator" / "tokenizer.json").is_file()

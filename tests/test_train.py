@@ -15,11 +15,11 @@ FAST = ["data.synthetic=true", "model.vocab_size=300", "model.num_layers=1", "mo
         "optim.warmup_steps=2"]
 
 
-def gpt_ds(*args, check=True, timeout=240):
+def gpt_ds(*args, check=True, timeout=240, cwd=ROOT):
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_PROCID"):
         env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "gpt_ds.cli", *map(str, args)], env=env, cwd=ROOT, text=True,
+    p = subprocess.run([sys.executable, "-m", "gpt_ds.cli", *map(str, args)], env=env, cwd=cwd, text=True,
                        capture_output=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"gpt-ds {' '.join(map(str, args))} exited {p.returncode}\n{p.stderr[-4000:]}")

@@ -22,7 +22,7 @@ from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
 from gpt_ds.model.priors import unigram_log_probs
-from gpt_ds.train import checkpoint
+from gpt_ds.train import checkpoint, run_files
 from gpt_ds.train.engines import build_engines
 from gpt_ds.train.flops import measure_matmul_flops, step_flops
 from gpt_ds.train.metrics import MetricsLogger, StepStats
@@ -55,6 +55,7 @@ class Trainer:
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
+            run_files.snapshot(self.run_dir, ds.tokenizer_dir, self.engines.ds_configs)
         self.flops = step_flops(cfg, self.vocab_size)
         peak = cfg.logging.peak_tflops * 1e12 if cfg.logging.peak_tflops > 0 else 0.0
         if peak == 0.0:  # this process's own matmul rate: MFU against what the device shows here

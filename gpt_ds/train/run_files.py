@@ -1,0 +1,50 @@
+"""What a run folder keeps besides checkpoints, so that it can be exported or resumed anywhere (another directory,
+another machine): a copy of the tokenizer, the resolved config (config.yaml, written by the trainer) and the exact
+ds_config each DeepSpeed engine received.
+
+Training may start from a relative `data.tokenizer` in some working directory; the checkpoint records that path, which
+means nothing once the run folder is copied elsewhere. The copy here is what `gpt-ds export` reads first.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+TOKENIZER = "tokenizer"
+
+
+def ds_config_file(engine: str) -> str:
+    return f"ds_config.{engine}.json"
+
+
+def snapshot(run_dir: Path, tokenizer_dir: str | None, ds_configs: dict[str, dict]) -> None:
+    """Rank 0, at start: copy the tokenizer and the engines' ds_configs in, each written aside and then renamed."""
+    for engine, ds in ds_configs.items():
+        path = run_dir / ds_config_file(engine)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(ds, indent=1, sort_keys=True, default=str) + "\n")
+        tmp.replace(path)
+    if not tokenizer_dir:
+        return  # synthetic data: no tokenizer to keep
+    source, dest = Path(tokenizer_dir).resolve(), run_dir / TOKENIZER
+    if source == dest.resolve():
+        return  # trained with the run's own copy
+    tmp, old = dest.with_name(TOKENIZER + ".tmp"), dest.with_name(TOKENIZER + ".old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_tokenizer(step_dir: Path, recorded: str | None) -> Path | None:
+    """The run's own copy (step_dir is RUN/checkpoints/step_X), else the path the checkpoint recorded, if it exists."""
+    own = step_dir.parent.parent / TOKENIZER
+    if (own / "tokenizer_config.json").is_file():
+        return own
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return None
