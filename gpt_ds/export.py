@@ -18,6 +18,7 @@ import torch
 
 from gpt_ds.config import Config, config_from_dict
 from gpt_ds.errors import GptDsError
+from gpt_ds.export_card import model_card
 from gpt_ds.model.hf_config import discriminator_config, generator_config
 from gpt_ds.train import checkpoint, safe_load
 
@@ -153,6 +154,7 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
         model.save_pretrained(tmp / name, safe_serialization=True)
         if tok is not None:
             tok.save_pretrained(tmp / name)
+        (tmp / name / "README.md").write_text(model_card(name, cfg, state, step_dir.parent.parent))
     info = {"step": state["step"], "source": str(step_dir), "objective": cfg.objective.kind,
             "embedding_sharing": cfg.objective.embedding_sharing, "temperature": cfg.objective.temperature,
             "tokenizer": bool(tok)}

@@ -27,6 +27,11 @@ def test_export_loads_with_auto_classes_and_pipelines(text_run, tmp_path):
     out = tmp_path / "export"
     info = json.loads(gpt_ds("export", run, "--out", out, "--verify").stdout.strip().splitlines()[-1])
     assert info["tokenizer"] and info["verify_max_abs_diff"] <= 1e-5
+    for part, cls in (("discriminator", "ElectraForPreTraining"), ("generator", "ElectraForMaskedLM")):
+        card = (out / part / "README.md").read_text()  # the model card a downstream team reads first
+        assert card.startswith("---\nlibrary_name: transformers") and f"({cls})" in card
+        assert "Steps: 2 of 2, global batch 8 -> 512 tokens seen" in card and "gpt-ds finetune" in card
+        assert "replaced-token AUC" in card  # the last logged metrics of the run
     for part in ("discriminator", "generator"):
         tok = AutoTokenizer.from_pretrained(out / part)
         ids = tok("The president said the economy is growing.")["input_ids"]

@@ -1,0 +1,107 @@
+"""The model card (README.md) that goes into each exported folder: what the model is, how it was trained (data,
+tokens, steps, FLOPs, the last logged metrics) and how to load and fine-tune it, for a team that gets only the folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gpt_ds.config import Config, generator_sizes
+from gpt_ds.train.flops import step_flops
+
+ROLE = {
+    "discriminator": ("ElectraForPreTraining", "The ELECTRA discriminator: replaced-token detection on every token. "
+                      "This is the encoder to fine-tune (ELECTRA's downstream model)."),
+    "generator": ("ElectraForMaskedLM", "The masked-language-model generator that proposed replacements during "
+                  "pretraining; usable with `pipeline(\"fill-mask\")`."),
+    "mlm": ("ElectraForMaskedLM", "A BERT-style masked language model (`objective.kind=mlm`): the encoder to "
+            "fine-tune."),
+}
+
+
+def last_metrics(run_dir: Path, step: int) -> dict:
+    """The last logged training metrics at or before `step` (metrics.jsonl), or {} when the run folder has none."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    best: dict = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "gen_loss" in row and row.get("step", 0) <= step and row.get("step", 0) >= best.get("step", -1):
+            best = row
+    return best
+
+
+def _fmt(x, digits=4) -> str:
+    return f"{x:.{digits}g}" if isinstance(x, (int, float)) else "n/a"
+
+
+def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
+    step, m = state["step"], cfg.model
+    role = "mlm" if cfg.objective.kind == "mlm" else part
+    cls, what = ROLE[role]
+    flops = step_flops(cfg, state.get("vocab_size"))
+    tokens = step * cfg.train.global_batch * cfg.data.seq_len
+    metrics = last_metrics(run_dir, step)
+    size = (generator_sizes(m) if role == "generator" else
+            dict(num_layers=m.num_layers, hidden_size=m.hidden_size, num_heads=m.num_heads,
+                 intermediate_size=m.intermediate_size))
+    sources = ", ".join(f"`{s.path}`" + (f" (weight {s.weight})" if s.weight != 1.0 else "") for s in cfg.data.sources) or ("synthetic ids" if cfg.data.synthetic else "n/a")
+    lines = [
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {'fill-mask' if cls == 'ElectraForMaskedLM' else 'feature-extraction'}",
+        "tags: [electra, gpt_ds]",
+        "---",
+        "",
+        f"# {cfg.run.name} — {part} ({cls})",
+        "",
+        f"{what} Exported by gpt_ds {state.get('gpt_ds_version', '?')} from step {step} of run `{cfg.run.name}`.",
+        "",
+        "## How it was trained",
+        "",
+        f"- Objective: {cfg.objective.kind}" + (
+            f" (generator + discriminator, embedding sharing {cfg.objective.embedding_sharing}, sampling "
+            f"temperature {cfg.objective.temperature}, discriminator weight {cfg.objective.disc_weight})"
+            if cfg.objective.kind == "electra" else "") + f"; mask probability {cfg.objective.mask_prob}.",
+        f"- Encoder: {size['num_layers']} layers, hidden {size['hidden_size']}, {size['num_heads']} heads, "
+        f"intermediate {size['intermediate_size']}, embeddings {m.embedding_size}, {m.max_position_embeddings} positions, vocabulary "
+        f"{state.get('vocab_size')}.",
+        f"- Data: {sources}; sequences of {cfg.data.seq_len} tokens.",
+        f"- Steps: {step} of {cfg.train.max_steps}, global batch {cfg.train.global_batch} -> {tokens:,} tokens seen; "
+        f"{_fmt(step * flops['total'], 3)} training FLOPs (both towers, as gpt_ds counts them).",
+        f"- Optimizer: AdamW, lr {cfg.optim.lr}, warmup {cfg.optim.warmup_steps} steps, weight decay "
+        f"{cfg.optim.weight_decay}; precision {cfg.train.precision}.",
+    ]
+    if metrics:
+        lines.append(f"- Last logged metrics (step {metrics['step']}): generator loss {_fmt(metrics.get('gen_loss'))}, "
+                     f"masked-token accuracy {_fmt(metrics.get('gen_acc'), 3)}"
+                     + (f", discriminator loss {_fmt(metrics.get('disc_loss'))}, replaced-token AUC "
+                        f"{_fmt(metrics.get('disc_auc'), 3)}" if "disc_loss" in metrics else "") + ".")
+    lines += [
+        "",
+        "These are training-time figures, not a downstream evaluation: measure on your task against the same model "
+        "from random init (`gpt-ds finetune ... --random-init`).",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(\"PATH\")",
+        "model = AutoModelForSequenceClassification.from_pretrained(\"PATH\", num_labels=2)",
+        "```",
+        "",
+        "Fine-tune with gpt_ds (accelerate; accuracy, macro-F1 and MCC, median over seeds):",
+        "",
+        "```",
+        "gpt-ds finetune PATH --train train.jsonl --validation dev.jsonl --test test.jsonl --seeds 3",
+        "```",
+        "",
+        f"The tokenizer in this folder stops at {m.max_position_embeddings} tokens (`model_max_length`); weights are "
+        "safetensors; no custom code (stock transformers ELECTRA classes).",
+        "",
+    ]
+    return "\n".join(lines)
