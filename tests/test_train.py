@@ -81,8 +81,63 @@ def test_checkpoints_without_state_are_not_overwritten_by_a_fresh_start(full_run
     before = (d / "metrics.jsonl").read_text()
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "--nproc", "2", "--resume", "auto",
                check=False, timeout=60)
-    assert p.returncode == 2 and "none is complete" in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.returncode == 2 and "none usable" in p.stderr and "trainer_state.json missing" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
     assert (d / "metrics.jsonl").read_text() == before
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_step_and_logs_each_step_once(full_run, tmp_path):
+    import shutil
+    d = tmp_path / "run"
+    shutil.copytree(full_run, d)
+    step6 = d / "checkpoints" / "step_0000006"
+    manifest = json.loads((step6 / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["zero_stages"] == {"generator": 3, "discriminator": 3}
+    assert {"trainer_state.json", "rng/rank_00001.pt"} <= set(manifest["files"])
+    shard = sorted((step6 / "discriminator").glob("*optim_states.pt"))[-1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a save cut short by a full disk
+    p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "checkpoint.every=3", "--nproc", "2",
+               "--resume", "auto")
+    assert f"step_0000006 skipped: discriminator/{shard.name}:" in p.stderr and "manifest says" in p.stderr
+    resumed, full = metrics(d), metrics(full_run)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # steps 4-6 ran again and are logged once
+    for key in ("loss", "gen_loss", "disc_loss"):
+        a, b = by_step(resumed, key), by_step(full, key)
+        assert all(abs(a[s] - b[s]) <= 1e-6 for s in range(1, 7)), (key, a, b)
+    assert not checkpoint_problems(d / "checkpoints" / "step_0000006")  # saved again, whole
+
+
+def checkpoint_problems(step_dir):
+    from gpt_ds.train.checkpoint import verify
+    return verify(step_dir)
+
+
+def test_verify_names_missing_resized_and_changed_files(tmp_path):
+    from gpt_ds.train.checkpoint import find_resume, verify, write_manifest
+    from gpt_ds.errors import GptDsError
+    ck = tmp_path / "checkpoints"
+    for step in (3, 6):
+        s = ck / f"step_{step:07d}"
+        (s / "rng").mkdir(parents=True)
+        (s / "trainer_state.json").write_text("{}")
+        (s / "rng" / "rank_00000.pt").write_bytes(b"abcd" * 100)
+        (s / "weights.pt").write_bytes(b"w" * 1000)
+        write_manifest(s, {"step": step, "world_size": 1}, {"generator": 0})
+    s6 = ck / "step_0000006"
+    assert verify(s6) == [] and find_resume(ck, "auto") == s6
+    (s6 / "weights.pt").write_bytes(b"x" + b"w" * 999)  # same size, other bytes
+    assert verify(s6) == ["weights.pt: checksum differs from the manifest (the file changed after the save)"]
+    assert verify(s6, checksums=False) == []
+    (s6 / "rng" / "rank_00000.pt").unlink()
+    assert "rng/rank_00000.pt: missing" in verify(s6)
+    assert find_resume(ck, "auto") == ck / "step_0000003"  # falls back
+    (ck / "latest").write_bytes(bytes(range(256)))  # garbage in the advisory pointer changes nothing
+    assert find_resume(ck, "auto") == ck / "step_0000003"
+    with pytest.raises(GptDsError, match="does not match its manifest"):
+        find_resume(ck, str(s6))
+    (ck / "step_0000003" / "weights.pt").write_bytes(b"")
+    with pytest.raises(GptDsError, match="none usable"):
+        find_resume(ck, "auto")
 
 
 def test_zero3_two_ranks_equals_zero0_one_rank(tmp_path):

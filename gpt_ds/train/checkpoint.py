@@ -1,15 +1,19 @@
 """Step folders holding both engines' DeepSpeed checkpoints + trainer state, written aside and renamed.
 
 Layout: checkpoints/step_0000100/{generator,discriminator}/ (DeepSpeed), rng/rank_00000.pt (per-rank RNG),
-trainer_state.json (step, consumed samples, resolved config, fingerprints). `latest` names the newest complete folder
-and is replaced last, so a crash at any point leaves the previous checkpoint usable.
+trainer_state.json (step, consumed samples, resolved config, fingerprints), and manifest.json, written last before
+the rename: every file's size and SHA-256, the world size and each engine's ZeRO stage. A resume verifies the
+manifest and falls back to the newest step that verifies, saying what was wrong with the ones it skipped. `latest`
+names the newest saved folder for other tools; gpt_ds reads it nowhere (the manifests decide).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +22,8 @@ import torch.distributed as dist
 from gpt_ds.errors import GptDsError
 
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "gpt_ds.checkpoint/1"
 STEP_RE = re.compile(r"^step_(\d{7,})$")
 
 
@@ -46,8 +52,59 @@ def complete_steps(ckpt_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def find_resume(ckpt_dir: Path, resume: str) -> Path | None:
-    """'auto': the folder `latest` names if complete, else the newest complete one; 'none'; or an explicit folder."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(step_dir: Path, state: dict, zero_stages: dict[str, int]) -> None:
+    """Rank 0, after every rank's files are written and before the rename: the folder's inventory."""
+    files = {}
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_FILE:
+            files[path.relative_to(step_dir).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"format": MANIFEST_FORMAT, "step": state["step"], "world_size": state["world_size"],
+                "zero_stages": zero_stages, "files": files}
+    _write_atomic(step_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def verify(step_dir: Path, checksums: bool = True) -> list[str]:
+    """What is wrong with a step folder against its manifest ([] when nothing); one line per problem, naming the file.
+    A folder without a manifest (saved by gpt_ds before manifests) passes if its trainer state is there."""
+    if not (step_dir / STATE_FILE).is_file():
+        return [f"{STATE_FILE} missing (the save did not finish)"]
+    path = step_dir / MANIFEST_FILE
+    if not path.is_file():
+        return []
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        assert manifest.get("format") == MANIFEST_FORMAT and isinstance(files, dict)
+    except (OSError, ValueError, KeyError, AssertionError, UnicodeDecodeError) as e:
+        return [f"{MANIFEST_FILE} unreadable ({type(e).__name__})"]
+    problems = []
+    for rel, want in files.items():
+        f = step_dir / rel
+        if not f.is_file():
+            problems.append(f"{rel}: missing")
+        elif f.stat().st_size != want["bytes"]:
+            problems.append(f"{rel}: {f.stat().st_size} bytes, the manifest says {want['bytes']}")
+        elif checksums and _sha256(f) != want["sha256"]:
+            problems.append(f"{rel}: checksum differs from the manifest (the file changed after the save)")
+    return problems
+
+
+def _say(msg: str) -> None:
+    print(f"gpt_ds: {msg}", file=sys.stderr, flush=True)
+
+
+def find_resume(ckpt_dir: Path, resume: str, checksums: bool = True) -> Path | None:
+    """'auto': the newest step folder that verifies against its manifest, falling back past broken ones (each named,
+    with what is wrong); 'none'; or an explicit folder, which must verify. Never None over existing step folders:
+    starting at step 0 there would overwrite them and repeat steps in metrics.jsonl."""
     if resume == "none":
         return None
     if resume != "auto":
@@ -55,20 +112,28 @@ def find_resume(ckpt_dir: Path, resume: str) -> Path | None:
         if not (p / STATE_FILE).is_file():
             raise GptDsError(f"--resume {resume}: not a complete gpt_ds checkpoint (no {STATE_FILE}); pass a "
                              f"checkpoints/step_XXXXXXX folder, 'auto' or 'none'")
+        problems = verify(p, checksums)
+        if problems:
+            raise GptDsError(f"--resume {resume}: the checkpoint does not match its manifest: " + "; ".join(problems[:5])
+                             + ". Resume from another step, or --resume auto to take the newest one that verifies")
         return p
-    latest = ckpt_dir / "latest"
-    if latest.is_file():
-        p = ckpt_dir / latest.read_text().strip()
-        if (p / STATE_FILE).is_file():
+    started = sorted(((int(m.group(1)), p) for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else [])
+                      if (m := STEP_RE.match(p.name)) and p.is_dir()), reverse=True)
+    skipped = []
+    for step, p in started:
+        problems = verify(p, checksums)
+        if not problems:
+            for name, why in skipped:
+                _say(f"checkpoint {name} skipped: {why}")
+            if skipped:
+                _say(f"resuming from {p.name}, the newest step folder that verifies")
             return p
-    steps = complete_steps(ckpt_dir)
-    if steps:
-        return steps[-1][1]
-    started = sorted(p.name for p in ckpt_dir.iterdir() if STEP_RE.match(p.name)) if ckpt_dir.is_dir() else []
-    if started:  # starting at step 0 here would overwrite them and repeat every step in metrics.jsonl
-        raise GptDsError(f"{ckpt_dir}: {len(started)} step folder(s) ({', '.join(started[-3:])}) but none is complete "
-                         f"(no {STATE_FILE}); refusing to start over on top of them. Restore the file, resume from a "
-                         f"folder you trust (--resume PATH), or start afresh with --resume none or another run.dir")
+        skipped.append((p.name, "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")))
+    if skipped:
+        raise GptDsError(f"{ckpt_dir}: {len(skipped)} step folder(s), none usable, refusing to start over on top of "
+                         "them:\n" + "\n".join(f"{n}: {why}" for n, why in skipped[:5]) + "\nRestore the files, resume "
+                         "from a folder you trust (--resume PATH), or start afresh with --resume none or another "
+                         "run.dir")
     return None
 
 
@@ -98,6 +163,9 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
     _barrier()
     if rank == 0:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
+        stages = {name: int(e.zero_optimization_stage()) for name, e in
+                  (("generator", engines.generator), ("discriminator", engines.discriminator)) if e is not None}
+        write_manifest(tmp, state, stages)
         if final.exists():  # a re-save of the same step (e.g. preemption right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)

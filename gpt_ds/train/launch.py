@@ -26,8 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nproc", type=int, default=1, help="local ranks to spawn when not started by a launcher")
 
 
-def preflight(cfg: Config, world_size: int, resume: str) -> None:
-    """Every problem found before launch, listed at once."""
+def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True) -> None:
+    """Every problem found before launch, listed at once. `checksums`: read every checkpoint file against its manifest
+    (one process does; under srun each task runs this, and the others check sizes only)."""
     from pathlib import Path
 
     from gpt_ds.train import checkpoint
@@ -41,7 +42,7 @@ def preflight(cfg: Config, world_size: int, resume: str) -> None:
             if not Path(s.path).exists():
                 problems.append(f"data.sources: '{s.path}' does not exist")
     try:
-        step_dir = checkpoint.find_resume(cfg.run_dir / "checkpoints", resume)
+        step_dir = checkpoint.find_resume(cfg.run_dir / "checkpoints", resume, checksums)
         if step_dir is not None:
             from gpt_ds.train.trainer import check_resume_compatible
             check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         preflight(cfg, args.nproc, resume)
         argv = [args.config, *args.overrides, "--resume", resume]
         return spawn_local(argv, args.nproc)
-    preflight(cfg, env.world_size, resume)
+    preflight(cfg, env.world_size, resume, checksums=env.rank == 0)
     if env.launcher == "single":  # nobody else joins: any free port, so two single runs never collide
         import dataclasses
         env = dataclasses.replace(env, master_addr="127.0.0.1", master_port=_free_port())

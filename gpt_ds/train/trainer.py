@@ -49,7 +49,7 @@ class Trainer:
         self.device = self.engines.generator.device
         self.step = 0
         self.rng_state = None  # set right before the loop on resume: nothing in between may draw from it
-        resume_from = checkpoint.find_resume(self.ckpt_dir, resume if resume is not None else cfg.checkpoint.resume)
+        resume_from = self._find_resume(resume if resume is not None else cfg.checkpoint.resume)
         if resume_from is not None:
             self._resume(resume_from)
         if rank == 0:
@@ -72,6 +72,22 @@ class Trainer:
                 "config": self.cfg.to_dict(),
                 "tokenizer_fingerprint": ds.tokenizer_fingerprint, "tokenizer_dir": ds.tokenizer_dir,
                 "vocab_size": self.vocab_size, "pad_id": ds.pad_id, "mask_id": ds.mask_id, "gpt_ds_version": __version__}
+
+    def _find_resume(self, resume: str) -> Path | None:
+        """Rank 0 verifies the checkpoints (reading every file once) and tells the others which step to load."""
+        found: list = [None]
+        if self.rank == 0:
+            try:
+                step_dir = checkpoint.find_resume(self.ckpt_dir, resume)
+                found = [("ok", None if step_dir is None else str(step_dir))]
+            except GptDsError as e:  # every rank must hear of it, or they would wait in the broadcast for ever
+                found = [("error", str(e))]
+        if dist.is_initialized() and self.world_size > 1:
+            dist.broadcast_object_list(found, src=0)
+        kind, value = found[0]
+        if kind == "error":
+            raise GptDsError(value)
+        return None if value is None else Path(value)
 
     def _resume(self, step_dir: Path) -> None:
         saved = checkpoint.read_state(step_dir)
