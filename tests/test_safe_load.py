@@ -1,6 +1,7 @@
 """A checkpoint is untrusted input: a planted pickle that would run code is refused, with the file named, by the loader
 itself, by `gpt-ds export` (DeepSpeed's zero_to_fp32 inside) and by `--resume` (DeepSpeed's load_checkpoint inside);
 a truncated file is named instead of a zip-reader traceback."""
+import json
 import os
 import shutil
 
@@ -9,6 +10,7 @@ import torch
 
 from gpt_ds.errors import GptDsError
 from gpt_ds.train import safe_load
+from gpt_ds.train.checkpoint import write_manifest
 from test_train import FAST, gpt_ds
 
 
@@ -61,7 +63,11 @@ def test_export_and_resume_refuse_a_planted_pickle(saved_run, tmp_path):
         run = tmp_path / f"{command}-{target.replace('/', '-')}"
         shutil.copytree(saved_run, run)
         marker = tmp_path / f"ran-{command}"
-        plant(run / "checkpoints" / "step_0000002" / target, marker)
+        step_dir = run / "checkpoints" / "step_0000002"
+        plant(step_dir / target, marker)
+        # the manifest is a checksum list, not a signature: an attacker rewrites it too, and loading must still refuse
+        state = json.loads((step_dir / "trainer_state.json").read_text())
+        write_manifest(step_dir, state, json.loads((step_dir / "manifest.json").read_text())["zero_stages"])
         if command == "export":
             p = gpt_ds("export", run, "--out", tmp_path / "out", check=False)
         else:
