@@ -117,6 +117,12 @@ def test_parse_bytes_and_cli(capsys):
     assert out["world_size"] == 2 and out["recommended"]["preset"].endswith("_fp32.json")
     assert cli_main(["estimate", "tiny", *TINY, "--gpus-per-node", "2", "--gpu-mem", "8GB"]) == 0
     assert "recommended:" in capsys.readouterr().out
+    # a preset with neither a vocabulary size nor a tokenizer still gets an estimate, with the assumption said
+    assert cli_main(["estimate", "tiny", "--gpus-per-node", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["vocab_size"] == 30522 and out["assumptions"]["vocab_size_assumed"] is True
+    assert cli_main(["estimate", "tiny", "--gpus-per-node", "2"]) == 0
+    assert "vocabulary: 30522 assumed" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------- peak memory terms

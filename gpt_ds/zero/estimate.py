@@ -13,8 +13,9 @@ import re
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
-from gpt_ds.zero.sizes import (activation_bytes, cpu_kernels_active, head_impl, head_workspace, recompute_bytes, towers,
-                               vocab_size)
+from gpt_ds.zero.sizes import (ASSUMED_VOCAB, activation_bytes, cpu_kernels_active, head_impl, head_workspace,
+                               recompute_bytes, towers, vocab_size)
+
 
 GIB = 1 << 30
 
@@ -43,7 +44,8 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
     if flash is None:  # CUDA: SDPA's flash / memory-efficient kernels (fp32 counted on the math path, to be safe);
         # CPU: gpt_ds's math attention with dropout, SDPA's fused CPU kernel without
         flash = prec != "fp32" if on_gpu else cfg.model.attention_dropout == 0
-    v = vocab_size(cfg)
+    v = vocab_size(cfg, default=ASSUMED_VOCAB)  # a preset without a tokenizer ("tiny") still gets an estimate
+    vocab_assumed = cfg.model.vocab_size <= 0 and not cfg.data.tokenizer
     tws = towers(cfg, v)
     flops = step_flops(cfg, v)
     compute_s = flops["total"] / (world * peak_tflops * 1e12 * mfu)
@@ -63,7 +65,7 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
                    "grad_accum": layout.grad_accum, "seq_len": cfg.data.seq_len},
         "engines": {t.name: {"params": t.params, "largest_module_params": t.largest_module, "hidden": t.hidden,
                              "layers": t.layers} for t in tws},
-        "flops_per_step": flops, "assumptions": {"mfu": mfu, "peak_tflops_per_gpu": peak_tflops,
+        "vocab_size": v, "flops_per_step": flops, "assumptions": {"vocab_size_assumed": vocab_assumed, "mfu": mfu, "peak_tflops_per_gpu": peak_tflops,
                                                  "comm_GBps_per_gpu": comm_gbs, "pcie_GBps": pcie_gbs,
                                                  "flash_attention": flash, "headroom": headroom,
                                                  "overlap": "none (communication and offload add to compute)"},
@@ -198,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.config}: {est['world_size']} GPUs ({args.nodes} x {args.gpus_per_node}), {est['precision']}, "
           f"micro-batch {lay['micro_batch']} x accum {lay['grad_accum']} x seq {lay['seq_len']}, "
           f"GPU {est['gpu_mem_bytes'] / GIB:.1f} GiB (plans may use {est['usable_gpu_bytes'] / GIB:.1f})")
+    if est["assumptions"]["vocab_size_assumed"]:
+        print(f"  vocabulary: {est['vocab_size']} assumed (neither model.vocab_size nor data.tokenizer is set; set "
+              f"either for the real figure)")
     for name, e in est["engines"].items():
         print(f"  {name}: {e['params'] / 1e6:.2f} M params, largest module {e['largest_module_params'] / 1e6:.2f} M")
     print(f"  FLOPs/step: generator {f['generator']:.3g} + discriminator {f['discriminator']:.3g} + sampling "

@@ -47,7 +47,11 @@ class Tower:
         return sum(sum(g) for g in self.groups)
 
 
-def vocab_size(cfg: Config) -> int:
+ASSUMED_VOCAB = 30522  # BERT's WordPiece size: what an estimate assumes when neither the config nor a tokenizer says
+
+
+def vocab_size(cfg: Config, default: int | None = None) -> int:
+    """The vocabulary the run will have: model.vocab_size, else the tokenizer's, else `default` (None: an error)."""
     if cfg.model.vocab_size > 0:
         return cfg.model.vocab_size
     if cfg.data.tokenizer:
@@ -57,6 +61,8 @@ def vocab_size(cfg: Config) -> int:
         except (OSError, ValueError) as e:
             raise ConfigError(f"data.tokenizer '{cfg.data.tokenizer}' could not be read for its vocabulary size "
                               f"({e}); set model.vocab_size") from None
+    if default is not None:
+        return default
     raise ConfigError("model.vocab_size is 0 and data.tokenizer is empty: set model.vocab_size=N to estimate")
 
 
