@@ -128,3 +128,11 @@ def test_arch_list_for_deepspeed_drops_arch_suffixes_only():
     assert deepspeed_arch_list("9.0a") == "9.0"
     assert deepspeed_arch_list("8.0;9.0a 10.0f") == "8.0;9.0;10.0"
     assert deepspeed_arch_list("8.6+PTX;9.0") == "8.6+PTX;9.0"  # DeepSpeed reads +PTX itself
+
+
+def test_gpu_binding_one_visible_gpu_per_task_or_one_per_local_rank():
+    from gpt_ds.dist.env import cuda_device_for
+    assert cuda_device_for(3, 1, 4) == 0  # --gpus-per-task=1: each task sees only its own GPU
+    assert cuda_device_for(3, 4, 4) == 3 and cuda_device_for(1, 8, 4) == 1  # tasks share the node's GPUs
+    with pytest.raises(GptDsError, match="local rank 3 of 4 sees 2 GPU"):
+        cuda_device_for(3, 2, 4)

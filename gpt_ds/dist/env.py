@@ -223,3 +223,16 @@ def deepspeed_arch_list(value: str) -> str:
     """
     parts = re.split(r"[;\s,]+", value.strip())
     return ";".join(re.sub(r"^(\d+\.\d+)[a-z]", r"\1", p) for p in parts if p)
+
+
+def cuda_device_for(local_rank: int, visible: int, local_world_size: int) -> int:
+    """Which visible GPU a rank takes. One visible GPU: that one (sites that bind a GPU per task: --gpus-per-task=1,
+    --gpu-bind=single:1, a one-device CUDA_VISIBLE_DEVICES). Otherwise the node's GPUs are shared by its ranks and
+    rank i takes GPU i, which needs at least as many GPUs as local ranks."""
+    if visible == 1:
+        return 0
+    if visible >= local_world_size and local_rank < visible:
+        return local_rank
+    raise GptDsError(f"local rank {local_rank} of {local_world_size} sees {visible} GPU(s) "
+                     f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): give each task one GPU "
+                     f"(--gpus-per-task=1) or every task all of the node's GPUs, one per local rank")

@@ -132,8 +132,8 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     deepspeed.utils.logger.setLevel(logging.WARNING)
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu"
     if not cpu:
-        torch.cuda.set_device(env.local_rank)
-        from gpt_ds.dist.env import deepspeed_arch_list
+        from gpt_ds.dist.env import cuda_device_for, deepspeed_arch_list
+        torch.cuda.set_device(cuda_device_for(env.local_rank, torch.cuda.device_count(), env.local_world_size))
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if arch and deepspeed_arch_list(arch) != arch:
             os.environ["TORCH_CUDA_ARCH_LIST"] = deepspeed_arch_list(arch)
