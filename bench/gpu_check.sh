@@ -74,7 +74,7 @@ curve() {  # issue 13 on the GPU: ELECTRA and a compute-matched MLM on the news 
     # carried). Each run has a wall-clock limit: SIGUSR1 makes it checkpoint and stop (exit 75), and the export takes
     # the newest step either way. Extra overrides after the defaults (on a CPU: train.precision=fp32 ...).
     local work=${CURVE_DIR:-/tmp/curve} data=${CURVE_DATA:-.gpu} py=${PYTHON:-python3}
-    local steps=${CURVE_STEPS:-2400} secs=${CURVE_SECONDS:-140}
+    local steps=${CURVE_STEPS:-2400} secs=${CURVE_SECONDS:-240}
     rm -rf "$work" && mkdir -p "$work" || return 1
     # the trainer's own fused torch AdamW (no "optimizer" block): DeepSpeed's FusedAdam would JIT-compile first
     "$py" -c 'import json,sys; d=json.load(open(sys.argv[1])); d.pop("optimizer"); json.dump(d, open(sys.argv[2], "w"))' \
@@ -92,16 +92,20 @@ from electra_vs_mlm import matched_steps
 vocab = json.load(open('$data/store/manifest.json'))['vocab_size']
 print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}") || return 1
     echo "curve: electra $steps steps, mlm $mlm steps (same FLOPs), $secs s limit each"
-    local kind n
-    for kind in electra mlm; do
-        n=$steps; [[ $kind == mlm ]] && n=$mlm
+    # CURVE_KINDS: which runs, in order (each exported and tarred as soon as it ends): electra, mlm, and electra_g1
+    # (a generator as wide as the discriminator: the width at which the MLM left the bag-of-words plateau here)
+    local name kind n extra
+    for name in ${CURVE_KINDS:-mlm electra_g1}; do
+        kind=${name%%_*}; extra=(); n=$steps
+        [[ $kind == mlm ]] && n=$mlm
+        [[ $name == electra_g1 ]] && extra=(model.generator_hidden_ratio=1.0)
         local t0=$SECONDS
-        timeout -s USR1 -k 60 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "objective.kind=$kind" \
-            "run.dir=$work/$kind" "train.max_steps=$n"
-        echo "curve: $kind pretrain exit $? in $((SECONDS - t0)) s"
-        "$py" -m gpt_ds.cli export "$work/$kind" --out "$work/export-$kind" || return 1
-        cp "$work/$kind/metrics.jsonl" "$work/export-$kind/metrics.jsonl"
-        tar -C "$work" -czf "$out/curve-$kind.tgz" "export-$kind" || return 1
+        timeout -s USR1 -k 60 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "${extra[@]}" "objective.kind=$kind" \
+            "run.dir=$work/$name" "train.max_steps=$n"
+        echo "curve: $name pretrain exit $? in $((SECONDS - t0)) s"
+        "$py" -m gpt_ds.cli export "$work/$name" --out "$work/export-$name" || return 1
+        cp "$work/$name/metrics.jsonl" "$work/export-$name/metrics.jsonl"
+        tar -C "$work" -czf "$out/curve-$name.tgz" "export-$name" || return 1
     done
     ls -l "$out"/curve-*.tgz
     tail -qn 1 "$work"/*/metrics.jsonl
