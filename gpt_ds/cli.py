@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except GptDsError as e:
         print(f"gpt-ds {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT, no traceback from wherever it landed
+        print(f"gpt-ds {name}: interrupted", file=sys.stderr)
+        return 128 + 2
 
 
 if __name__ == "__main__":

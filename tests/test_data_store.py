@@ -1,6 +1,7 @@
 """Token store: round trip, manifest counts, byte-identical and resumable builds, sample index, load-time checks."""
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -97,6 +98,14 @@ def test_round_trip_and_manifest(corpus, tok_dir, tmp_path):
     assert m["skipped"]["empty_documents"] == 1
     assert m["dtype"] == "uint16" and m["tokenizer"]["fingerprint"]
     assert verify_store(tmp_path / "s") == []
+    # a manifest whose counts were edited no longer verifies, though every file's checksum still matches
+    edited = tmp_path / "edited"
+    shutil.copytree(tmp_path / "s", edited)
+    m2 = read_manifest(edited)
+    m2["shards"][0]["tokens"] += 1
+    (edited / "manifest.json").write_text(json.dumps(m2))
+    problems = verify_store(edited)
+    assert len(problems) == 1 and "the manifest says" in problems[0] and "tokens" in problems[0]
 
 
 def test_byte_identical_across_workers_and_resumable(corpus, tok_dir, tmp_path, monkeypatch):

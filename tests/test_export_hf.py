@@ -100,3 +100,13 @@ def test_a_run_folder_is_self_contained_and_exports_from_anywhere(text_run, tmp_
     assert p.returncode == 2 and "--tokenizer" in p.stderr and "Traceback" not in p.stderr
     gpt_ds("export", moved, "--out", "out3", "--tokenizer", tok, cwd=elsewhere)
     assert (elsewhere / "out3" / "generator" / "tokenizer.json").is_file()
+
+
+def test_a_corpus_smaller_than_one_global_batch_is_refused(text_run, tmp_path):
+    tok = text_run[2]
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "a.txt").write_text("The president said the economy is growing.\n\nMarkets rose on Monday.\n")
+    p = gpt_ds("pretrain", "tiny", *TEXT_RUN, f"run.dir={tmp_path / 'r'}", f"data.sources=[{tmp_path / 'small'}]",
+               f"data.tokenizer={tok}", check=False, timeout=120)
+    assert p.returncode == 2 and "fewer than one global batch (8)" in p.stderr and "Traceback" not in p.stderr, \
+        p.stderr[-2000:]

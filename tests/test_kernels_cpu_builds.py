@@ -33,3 +33,16 @@ def test_other_cpu_capability_builds_pass_the_kernel_tests(cap):
     p = subprocess.run([sys.executable, "-c", RUN, cap], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]  # pytest exits non-zero on a failure or no tests
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path, monkeypatch):
+    import time
+    from gpt_ds.kernels.cpu_ext import STALE_LOCK_S, clear_stale_build_locks
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old, live = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "gpt_ds_cpu_ops_avx2" / "lock"
+    for lock in (old, live):
+        lock.parent.mkdir()
+        lock.write_text("")
+    os.utime(old, (time.time() - STALE_LOCK_S - 60,) * 2)
+    assert clear_stale_build_locks() == [str(old)]
+    assert not old.exists() and live.exists()

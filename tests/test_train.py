@@ -271,3 +271,33 @@ def test_a_job_log_gets_one_progress_line_per_interval_and_checkpoint_lines(tmp_
     assert [int(s) for s, _ in found] == [2, 4], p.stderr[-3000:]
     assert [float(pct) for _, pct in found] == [50.0, 100.0]
     assert len(re.findall(r"^gpt_ds: checkpoint step 4 saved to .*step_0000004 \(\d+\.\d s\)$", p.stderr, re.M)) == 1
+
+
+def test_a_save_on_a_full_disk_names_the_cause_and_leaves_no_partial_folder(tmp_path):
+    import errno
+    from gpt_ds.errors import GptDsError
+    from gpt_ds.train import checkpoint
+
+    class Engine:
+        def __init__(self, fail):
+            self.fail = fail
+
+        def save_checkpoint(self, path, tag, save_latest):
+            (Path(path) / tag).mkdir(parents=True, exist_ok=True)
+            (Path(path) / tag / "part.pt").write_bytes(b"x" * 100)
+            if self.fail:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def zero_optimization_stage(self):
+            return 0
+
+    class Engines:
+        def __init__(self, fail):
+            self.generator, self.discriminator = Engine(False), Engine(fail)
+
+    ck = tmp_path / "checkpoints"
+    checkpoint.save(ck, 3, Engines(False), {"step": 3, "world_size": 1}, rank=0, keep_last=2)
+    with pytest.raises(GptDsError, match="step_0000006 failed: no space left on the device") as err:
+        checkpoint.save(ck, 6, Engines(True), {"step": 6, "world_size": 1}, rank=0, keep_last=2)
+    assert "step_0000003 is intact" in str(err.value)
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_0000003"]  # no step_0000006.tmp left behind

@@ -28,6 +28,6 @@ def run(args) -> int:
         out["verified"] = not bad
         if bad:
             print(json.dumps(out))
-            raise GptDsError(f"{len(bad)} damaged shard file(s): {bad[:5]}; re-run `gpt-ds prepare`")
+            raise GptDsError(f"{len(bad)} problem(s): {bad[:5]}; re-run `gpt-ds prepare`")
     print(json.dumps(out))
     return 0

@@ -91,11 +91,20 @@ class StoreShard(Shard):
 
 
 def verify_store(root) -> list[str]:
-    """Full sha256 check of every shard (slow: reads everything); returns the damaged shard files."""
+    """Full sha256 check of every shard (slow: reads everything), and the manifest's counts against the files;
+    returns the damaged shard files and each count that does not add up (a manifest edited by hand)."""
     root = Path(root)
     bad = []
-    for i, entry in enumerate(read_manifest(root)["shards"]):
+    manifest = read_manifest(root)
+    itemsize = np.dtype(manifest.get("dtype", "uint16")).itemsize
+    for i, entry in enumerate(manifest["shards"]):
         p = shard_paths(root, i)
+        if p["tok"].is_file() and p["tok"].stat().st_size != entry["tokens"] * itemsize:
+            bad.append(f"{p['tok']}: holds {p['tok'].stat().st_size // itemsize} tokens, the manifest says "
+                       f"{entry['tokens']}")
+        if p["doc"].is_file() and p["doc"].stat().st_size != (entry["documents"] + 1) * 8:
+            bad.append(f"{p['doc']}: holds {p['doc'].stat().st_size // 8 - 1} documents, the manifest says "
+                       f"{entry['documents']}")
         for kind, key in (("tok", "sha256"), ("doc", "doc_sha256")):
             h = hashlib.sha256()
             try:

@@ -45,9 +45,37 @@ def ops():
     return _state["mod"]
 
 
+STALE_LOCK_S = 900  # a build takes well under a minute here; a lock this old belongs to a build that was killed
+
+
+def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[str]:
+    """Remove build locks that a killed compile left in torch's extensions folder (ours and DeepSpeed's ops).
+
+    torch's cpp_extension waits on such a lock with no time limit and no message, so one build killed halfway (a
+    preempted job, Ctrl-C) made every later run on that home directory hang silently. A lock older than `max_age_s`
+    has no live builder behind it; it is removed with a line saying so. Returns the removed paths."""
+    import glob
+    import time
+    from torch.utils.cpp_extension import get_default_build_root
+    # ROOT/<python_cuda tag>/<name>/lock by default; TORCH_EXTENSIONS_DIR/<name>/lock when that is set
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    removed = []
+    for path in glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")):
+        try:
+            if time.time() - os.path.getmtime(path) > max_age_s:
+                os.remove(path)
+                removed.append(path)
+                print(f"gpt_ds: removed {path}, a build lock left {max_age_s / 60:.0f}+ minutes ago by a build that "
+                      f"was killed (torch would wait on it for ever)", file=sys.stderr, flush=True)
+        except OSError:
+            pass  # another process removed it first, or it is not ours to remove
+    return removed
+
+
 def _build():
     if os.environ.get("GPT_DS_CPU_EXT", "1") == "0":
         return None
+    clear_stale_build_locks()
     cap = torch.backends.cpu.get_cpu_capability()
     bindir = os.path.dirname(sys.executable)  # a venv's ninja, when the venv is not activated
     if shutil.which("ninja") is None and os.path.exists(os.path.join(bindir, "ninja")):

@@ -154,12 +154,15 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
         if tmp.exists():
             shutil.rmtree(tmp)
     _barrier()
-    engines.generator.save_checkpoint(str(tmp), tag="generator", save_latest=False)
-    if engines.discriminator is not None:
-        engines.discriminator.save_checkpoint(str(tmp), tag="discriminator", save_latest=False)
-    rng_dir = tmp / "rng"
-    rng_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"torch": torch.get_rng_state()}, rng_dir / f"rank_{rank:05d}.pt")
+    try:
+        engines.generator.save_checkpoint(str(tmp), tag="generator", save_latest=False)
+        if engines.discriminator is not None:
+            engines.discriminator.save_checkpoint(str(tmp), tag="discriminator", save_latest=False)
+        rng_dir = tmp / "rng"
+        rng_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"torch": torch.get_rng_state()}, rng_dir / f"rank_{rank:05d}.pt")
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError from its C++ writer
+        raise _save_failed(ckpt_dir, tmp, final, rank, e) from None
     _barrier()
     if rank == 0:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
@@ -174,6 +177,26 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def _save_failed(ckpt_dir: Path, tmp: Path, final: Path, rank: int, e: Exception) -> GptDsError:
+    """A save that cannot finish: remove the partial folder (it would fill the disk again) and say why, where, and
+    what is still there to resume from."""
+    import errno
+    try:
+        free = shutil.disk_usage(ckpt_dir).free
+    except OSError:
+        free = None
+    full = getattr(e, "errno", None) == errno.ENOSPC or "No space" in str(e) or "write failed" in str(e) or \
+        (free is not None and free < (64 << 20))
+    shutil.rmtree(tmp, ignore_errors=True)
+    previous = complete_steps(ckpt_dir)
+    why = (f"no space left on the device ({free / (1 << 20):.0f} MiB free)" if full and free is not None else
+           "no space left on the device" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return GptDsError(f"rank {rank}: saving checkpoint {final} failed: {why}. The partial {tmp.name} was removed; "
+                      + (f"the previous checkpoint {previous[-1][1].name} is intact (--resume auto takes it). "
+                         if previous else "no earlier checkpoint exists. ")
+                      + "Free space or point run.dir at a writable file system, then resume.")
 
 
 def load(step_dir: Path, engines, rank: int, world_size: int) -> dict:

@@ -6,6 +6,7 @@ ranks (CPU: gloo; GPU: one per device) and forwards preemption signals to them.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 
 from gpt_ds.config import Config, ConfigError, load_config
 from gpt_ds.errors import GptDsError
+from gpt_ds.train.run_files import LOCK_HELD_ENV, run_lock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +71,9 @@ def spawn_local(argv: list[str], nproc: int) -> int:
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
                    LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         env.setdefault("OMP_NUM_THREADS", str(threads))
-        procs.append(subprocess.Popen([sys.executable, "-m", "gpt_ds.cli", "pretrain", *argv], env=env))
+        env[LOCK_HELD_ENV] = "1"  # the launcher holds the run folder's lock for its ranks
+        procs.append(subprocess.Popen([sys.executable, "-m", "gpt_ds.cli", "pretrain", *argv], env=env,
+                                      preexec_fn=functools.partial(_term_when_parent_dies, os.getpid())))
 
     def forward(signum, _frame):
         for p in procs:
@@ -91,10 +95,24 @@ def spawn_local(argv: list[str], nproc: int) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    # a rank killed by signal N reports -N; the shell convention (and docs/slurm.md) is 128+N
+    codes = {i: 128 - c if c < 0 else c for i, c in codes.items()}
     bad = [c for c in codes.values() if c != 0 and not _is_requeue(c)]
     if bad:
         return bad[0]
     return max(codes.values())
+
+
+def _term_when_parent_dies(launcher_pid: int) -> None:
+    """In each spawned rank, before exec: SIGTERM when the launcher dies (Linux's parent-death signal), so a killed
+    launcher never leaves ranks training unsupervised; TERM makes them checkpoint at the next step and exit 75."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the launcher's own signal forwarding still covers TERM/INT/USR1
+    if os.getppid() != launcher_pid:  # it died before the signal was armed
+        os._exit(128 + signal.SIGTERM)
 
 
 def _is_requeue(code: int) -> bool:
@@ -112,8 +130,16 @@ def run(args: argparse.Namespace) -> int:
     if env.launcher == "single" and args.nproc > 1:
         preflight(cfg, args.nproc, resume)
         argv = [args.config, *args.overrides, "--resume", resume]
-        return spawn_local(argv, args.nproc)
+        with run_lock(cfg.run_dir):
+            return spawn_local(argv, args.nproc)
     preflight(cfg, env.world_size, resume, checksums=env.rank == 0)
+    if env.rank == 0 and not os.environ.get(LOCK_HELD_ENV):
+        with run_lock(cfg.run_dir):
+            return _train_here(cfg, env, resume)
+    return _train_here(cfg, env, resume)
+
+
+def _train_here(cfg: Config, env, resume: str) -> int:
     if env.launcher == "single":  # nobody else joins: any free port, so two single runs never collide
         import dataclasses
         env = dataclasses.replace(env, master_addr="127.0.0.1", master_port=_free_port())
@@ -128,6 +154,9 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     import warnings
     # DeepSpeed 0.19's collectives call torch 2.13 names that warn on every call: hundreds of lines per job log
     warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*is deprecated")
+    if env.local_rank == 0:  # DeepSpeed builds its ops (on the CPU: the shared-memory collective) on first use
+        from gpt_ds.kernels.cpu_ext import clear_stale_build_locks
+        clear_stale_build_locks()
     import deepspeed
     deepspeed.utils.logger.setLevel(logging.WARNING)
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu"

@@ -7,9 +7,12 @@ means nothing once the run folder is copied elsewhere. The copy here is what `gp
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
+
+from gpt_ds.errors import GptDsError
 
 TOKENIZER = "tokenizer"
 
@@ -48,3 +51,37 @@ def find_tokenizer(step_dir: Path, recorded: str | None) -> Path | None:
     if recorded and Path(recorded).is_dir():
         return Path(recorded)
     return None
+
+
+LOCK_FILE = ".gpt_ds.lock"
+LOCK_HELD_ENV = "GPT_DS_RUN_LOCK_HELD"  # set by the local launcher for the ranks it starts (it holds the lock for them)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """One job per run folder: an exclusive flock on RUN_DIR/.gpt_ds.lock for the run's lifetime, taken by the
+    launcher (or global rank 0 under srun). The kernel drops it when the process dies, so there is no stale lock to
+    clean up; the file says who holds it, for the message the second job prints."""
+    import fcntl
+    import os
+    import socket
+    import time
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise GptDsError(f"{run_dir} is in use by {holder}: two jobs writing one run folder would overwrite each "
+                         f"other's checkpoints. Wait for it, stop it, or give this job another run.dir") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield path
+    finally:
+        f.close()

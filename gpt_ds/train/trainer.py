@@ -37,6 +37,10 @@ class Trainer:
         self.layout = batch_layout(cfg, world_size)
         self.dataset = open_dataset(cfg)
         ds = self.dataset
+        if len(ds) < self.layout.global_batch:  # every step would repeat rows within itself: not a corpus, a typo
+            raise GptDsError(f"data.sources hold {len(ds)} rows of {cfg.data.seq_len} tokens, fewer than one global "
+                             f"batch ({self.layout.global_batch}); add text, or lower train.global_batch / "
+                             f"data.seq_len")
         self.vocab_size = cfg.model.vocab_size or ds.vocab_size
         if self.vocab_size < ds.vocab_size:
             raise GptDsError(f"model.vocab_size {self.vocab_size} is smaller than the tokenizer's {ds.vocab_size}; "
