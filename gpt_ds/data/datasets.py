@@ -12,7 +12,6 @@ import numpy as np
 
 from gpt_ds.data import order
 from gpt_ds.data.packing import write_row
-from gpt_ds.data.tokenizer import SPECIAL_IDS
 from gpt_ds.errors import GptDsError
 
 
@@ -164,6 +163,3 @@ class BlendedDataset(_Base):
 
     def source_of(self, sample_numbers) -> np.ndarray:
         return order.blend(np.asarray(sample_numbers, dtype=np.int64), self.quotas, self.seed)[0]
-
-
-DEFAULT_SPECIALS = dict(SPECIAL_IDS)

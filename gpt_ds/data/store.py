@@ -31,11 +31,6 @@ def shard_paths(root: Path, i: int) -> dict[str, Path]:
     return {k: base.with_suffix("." + k) for k in ("tok", "doc", "crc")}
 
 
-def crc_blocks(data: bytes | memoryview) -> np.ndarray:
-    view = memoryview(data)
-    return np.asarray([zlib.crc32(view[i:i + CRC_BLOCK]) for i in range(0, len(view), CRC_BLOCK)], dtype="<u4")
-
-
 def read_manifest(root) -> dict:
     path = Path(root) / "manifest.json"
     try:

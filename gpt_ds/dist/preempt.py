@@ -66,10 +66,6 @@ class PreemptionHandler:
         print(f"gpt_ds: received {signal.Signals(signum).name}; stopping at the next step boundary", file=sys.stderr,
               flush=True)
 
-    def trigger(self, signum: int = signal.SIGUSR1) -> None:
-        """Act as if `signum` arrived (tests, or a trainer that wants to stop for its own reason)."""
-        self._on_signal(signum, None)
-
     def requested_locally(self) -> bool:
         return self._received is not None
 

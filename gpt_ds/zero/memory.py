@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from gpt_ds.zero.sizes import Tower
 
-STAGES = (0, 1, 2, 3)
 ALLREDUCE_BUCKET = 500_000_000  # DeepSpeed's allreduce_bucket_size default (elements)
 
 
