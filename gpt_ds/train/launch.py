@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_here(cfg: Config, env, resume: str) -> int:
+    from gpt_ds.dist.env import export_env
     if env.launcher == "single":  # nobody else joins: any free port, so two single runs never collide
         import dataclasses
         env = dataclasses.replace(env, master_addr="127.0.0.1", master_port=_free_port())
