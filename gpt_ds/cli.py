@@ -18,6 +18,7 @@ COMMANDS = {
     "check": ("gpt_ds.zero.check", "validate a config and its ds_configs before launch"),
     "estimate": ("gpt_ds.zero.estimate", "estimate per-GPU memory and step time for a config"),
     "config": ("gpt_ds.config_cmd", "print the resolved config (preset or file + overrides) as YAML"),
+    "plot": ("gpt_ds.plot", "draw the loss, accuracy, AUC and throughput curves of one or more runs (PNG)"),
 }
 
 

@@ -17,3 +17,20 @@ def test_config_show_prints_the_resolved_config_with_overrides():
     assert cfg["optim"]["beta2"] == 0.999  # a default the preset leaves alone
     bad = gpt_ds("config", "show", "tiny", "optim.lrr=2", check=False)
     assert bad.returncode == 2 and "did you mean 'optim.lr'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plot_draws_one_or_more_runs_and_names_a_folder_without_metrics(tmp_path):
+    import json
+    for name, slope in (("a", 1.0), ("b", 2.0)):
+        run = tmp_path / name
+        run.mkdir()
+        rows = [{"step": s, "loss": 30 - slope * s / 10, "gen_loss": 7 - s / 100, "gen_acc": s / 1000,
+                 "disc_loss": 0.4 - s / 1000, "disc_loss_prior": 0.42, "disc_auc": 0.5 + s / 500,
+                 "tokens_per_s": 5000} for s in range(10, 110, 10)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "curves.png"
+    p = gpt_ds("plot", tmp_path / "a", tmp_path / "b", "--out", out)
+    assert p.stdout.strip() == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    (tmp_path / "empty").mkdir()
+    p = gpt_ds("plot", tmp_path / "empty", check=False)
+    assert p.returncode == 2 and "no metrics.jsonl" in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,76 @@
+"""`gpt-ds plot RUN_DIR [RUN_DIR ...] [--out PNG]`: a picture of one or more runs from their metrics.jsonl.
+
+Six panels against the step: total loss, the generator's MLM loss and masked-token accuracy, the discriminator's RTD
+loss beside its prior (the loss of always answering "original"), its AUC, and tokens/s. Several runs share the axes,
+so two recipes or a run and its resume can be compared at a glance. matplotlib (the `plot` extra, installed by
+`make setup`) draws it off-screen; the PNG is written aside and renamed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from gpt_ds.errors import GptDsError
+
+PANELS = (("loss", "total loss", None), ("gen_loss", "generator MLM loss", None),
+          ("gen_acc", "masked-token accuracy", None), ("disc_loss", "RTD loss (dashed: prior)", "disc_loss_prior"),
+          ("disc_auc", "replaced-token AUC", None), ("tokens_per_s", "tokens/s", None))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="run folders (each holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/metrics.png of the first run)")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise GptDsError(f"{run_dir}: no metrics.jsonl (is it a run folder? `gpt-ds pretrain` writes one there)")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise GptDsError(f"{path}, line {n}: not JSON") from None
+        if "gen_loss" in row:  # training rows (other events may share the file)
+            rows.append(row)
+    if not rows:
+        raise GptDsError(f"{path}: no training rows yet")
+    return rows
+
+
+def plot(runs: list[Path], out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    data = {r: read_metrics(r) for r in runs}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (key, title, prior) in zip(axes.flat, PANELS):
+        for run, rows in data.items():
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                line, = ax.plot(*zip(*pts), label=run.name)
+                if prior:
+                    base = [(r["step"], r[prior]) for r in rows if prior in r]
+                    if base:
+                        ax.plot(*zip(*base), linestyle="--", color=line.get_color(), alpha=0.6)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = [Path(r) for r in args.runs]
+    out = Path(args.out) if args.out else runs[0] / "metrics.png"
+    print(plot(runs, out))
+    return 0
