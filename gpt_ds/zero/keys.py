@@ -93,6 +93,23 @@ def _check_optimizer(opt: dict, log: dict, where: str, problems: list[str]) -> N
 
 
 def strip_unknown(ds: dict) -> dict:
-    """A copy without the keys DeepSpeed does not know at the top level (so its own parser can judge the rest)."""
+    """A copy without the keys DeepSpeed does not know, at the top level and inside its pydantic sections, so its own
+    parser judges only the rest (each unknown key is reported once, by key_problems, not again as DeepSpeed's error)."""
     top = schema.top_level_keys()
-    return {k: v for k, v in ds.items() if k in top}
+    out = {}
+    for key, value in ds.items():
+        if key not in top:
+            continue
+        kind, info = schema.section_kind(key)
+        out[key] = _strip_model(value, info) if kind == "model" and isinstance(value, dict) else value
+    return out
+
+
+def _strip_model(d: dict, sch: dict) -> dict:
+    out = {}
+    for key, value in d.items():
+        if key not in sch["keys"]:
+            continue
+        child = sch["keys"][key]
+        out[key] = _strip_model(value, child) if child is not None and isinstance(value, dict) else value
+    return out
