@@ -28,6 +28,15 @@ from gpt_ds.train.flops import measure_matmul_flops, step_flops
 from gpt_ds.train.metrics import MetricsLogger, StepStats
 
 
+def loss_weights(objective, electra: bool) -> dict[str, float]:
+    """The pretraining loss, stated once: sum over terms of weight x mean loss, the generator's MLM loss over masked
+    positions and (ELECTRA) the discriminator's RTD loss over every real token. The backward scales each engine's
+    micro-batch loss by these weights; the logged total uses the same ones."""
+    if not electra:
+        return {"gen": 1.0}
+    return {"gen": objective.gen_weight, "disc": objective.disc_weight}
+
+
 class Trainer:
     def __init__(self, cfg: Config, *, rank: int = 0, world_size: int = 1, resume: str | None = None):
         self.cfg = cfg
@@ -131,8 +140,9 @@ class Trainer:
 
     def train_step(self, micro_batches: list[dict], stats: StepStats) -> None:
         """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
-        o, L = self.cfg.objective, self.layout
+        L = self.layout
         gen, disc = self.engines.generator, self.engines.discriminator
+        weights = loss_weights(self.cfg.objective, disc is not None)
         masked = [self._mask(b, self._sample_numbers(self.step, a)) for a, b in enumerate(micro_batches)]
         counts = torch.tensor([sum(m.num_masked for m in masked),
                                sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64,
@@ -150,28 +160,24 @@ class Trainer:
             n = mk.num_masked
             replaced = (g.sampled != mk.targets.to(self.device))
             stats.add_generator(g.loss, n, g.correct, replaced)
-            gen_weight = 1.0 if disc is None else o.gen_weight
             if disc is not None:
                 labels = (g.corrupted_ids != dev["input_ids"]).long()
                 d = disc(g.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels, g.base_embeds)
                 t = d.logits.numel()
                 stats.add_discriminator(d.loss, d.logits.float(), d.labels)
-            gen.backward(g.loss * (gen_weight * n / total_masked * factor))
+            gen.backward(g.loss * (weights["gen"] * n / total_masked * factor))
             if disc is not None:
-                disc.backward(d.loss * (o.disc_weight * t / total_tokens * factor))
+                disc.backward(d.loss * (weights["disc"] * t / total_tokens * factor))
             gen.step()
             if disc is not None:
                 disc.step()
 
     def summarize(self, stats: StepStats) -> dict:
         """The record of the steps accumulated in `stats` (a collective: every rank calls it)."""
-        o = self.cfg.objective
         gen, disc = self.engines.generator, self.engines.discriminator
         out = stats.reduce()
-        loss = out.get("gen_loss", 0.0) * (1.0 if disc is None else o.gen_weight)
-        if disc is not None:
-            loss += o.disc_weight * out.get("disc_loss", 0.0)
-        out["loss"] = loss
+        out["loss"] = sum(w * out.get(f"{term}_loss", 0.0) for term, w in
+                          loss_weights(self.cfg.objective, disc is not None).items())
         out["lr"] = gen.get_lr()[0]
         for name, eng in (("gen", gen), ("disc", disc)):
             norm = eng.get_global_grad_norm() if eng is not None else None
