@@ -124,6 +124,27 @@ def _readable(root: Path) -> None:
         os.chmod(path, (0o755 if path.is_dir() else 0o644) & ~umask)
 
 
+def provenance(cfg: Config, state: dict) -> dict:
+    """Where the weights come from, for gpt_ds_export.json: versions, the data (each store's shard checksums, hashed
+    into one fingerprint, when the store is reachable from here), the tokenizer's fingerprint, tokens and FLOPs."""
+    import hashlib
+    from gpt_ds import __version__
+    from gpt_ds.train.flops import step_flops
+    stores = {}
+    for source in cfg.data.sources:
+        manifest = Path(source.path) / "manifest.json"
+        try:
+            shards = json.loads(manifest.read_text())["shards"]
+            stores[str(source.path)] = hashlib.sha256("".join(x["sha256"] for x in shards).encode()).hexdigest()[:16]
+        except (OSError, ValueError, KeyError, TypeError):
+            stores[str(source.path)] = None  # raw text, or not reachable from where the export runs
+    step = state["step"]
+    return {"gpt_ds_version_trained": state.get("gpt_ds_version"), "gpt_ds_version_exported": __version__,
+            "tokenizer_fingerprint": state.get("tokenizer_fingerprint"), "data_fingerprints": stores,
+            "tokens_seen": step * cfg.train.global_batch * cfg.data.seq_len,
+            "train_flops": step * step_flops(cfg, state.get("vocab_size"))["total"], "config": cfg.to_dict()}
+
+
 def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = False,
            tokenizer: str | Path | None = None) -> dict:
     step_dir = find_step_dir(Path(run_dir), step)
@@ -157,7 +178,7 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
         (tmp / name / "README.md").write_text(model_card(name, cfg, state, step_dir.parent.parent))
     info = {"step": state["step"], "source": str(step_dir), "objective": cfg.objective.kind,
             "embedding_sharing": cfg.objective.embedding_sharing, "temperature": cfg.objective.temperature,
-            "tokenizer": bool(tok)}
+            "tokenizer": bool(tok), **provenance(cfg, state)}
     (tmp / "gpt_ds_export.json").write_text(json.dumps(info, indent=1))
     _readable(tmp)
     if out.exists():

@@ -1,4 +1,4 @@
-"""`gpt-ds plot RUN_DIR [RUN_DIR ...] [--out PNG]`: a picture of one or more runs from their metrics.jsonl.
+"""`gpt-ds plot RUN_DIR [RUN_DIR ...] [--out PNG] [--x steps|tokens|flops]`: a picture of one or more runs from their metrics.jsonl.
 
 Six panels against the step: total loss, the generator's MLM loss and masked-token accuracy, the discriminator's RTD
 loss beside its prior (the loss of always answering "original"), its AUC, and tokens/s. Several runs share the axes,
@@ -22,6 +22,9 @@ PANELS = (("loss", "total loss", None), ("gen_loss", "generator MLM loss", None)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folders (each holds metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/metrics.png of the first run)")
+    p.add_argument("--x", choices=["steps", "tokens", "flops"], default="steps",
+                   help="the x-axis: optimizer steps, tokens seen, or training FLOPs (runs of different objectives or "
+                        "batch sizes compare on tokens or FLOPs)")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -41,23 +44,43 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def plot(runs: list[Path], out: Path) -> Path:
+def x_scale(run_dir: Path, x: str) -> float:
+    """Steps -> the chosen x-axis unit, from the run's config.yaml (tokens per step, or FLOPs per step)."""
+    if x == "steps":
+        return 1.0
+    from gpt_ds.config import load_config
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise GptDsError(f"{run_dir}: no config.yaml, needed for --x {x}; plot with --x steps")
+    cfg = load_config(str(path), [])
+    if x == "tokens":
+        return float(cfg.train.global_batch * cfg.data.seq_len)
+    from gpt_ds.train.flops import step_flops
+    vocab = cfg.model.vocab_size
+    if vocab <= 0:
+        from gpt_ds.zero.sizes import ASSUMED_VOCAB, vocab_size
+        vocab = vocab_size(cfg, default=ASSUMED_VOCAB)
+    return step_flops(cfg, vocab)["total"]
+
+
+def plot(runs: list[Path], out: Path, x: str = "steps") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     data = {r: read_metrics(r) for r in runs}
+    scale = {r: x_scale(r, x) for r in runs}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (key, title, prior) in zip(axes.flat, PANELS):
         for run, rows in data.items():
-            pts = [(r["step"], r[key]) for r in rows if key in r]
+            pts = [(r["step"] * scale[run], r[key]) for r in rows if key in r]
             if pts:
                 line, = ax.plot(*zip(*pts), label=run.name)
                 if prior:
-                    base = [(r["step"], r[prior]) for r in rows if prior in r]
+                    base = [(r["step"] * scale[run], r[prior]) for r in rows if prior in r]
                     if base:
                         ax.plot(*zip(*base), linestyle="--", color=line.get_color(), alpha=0.6)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel({"steps": "step", "tokens": "tokens seen", "flops": "training FLOPs"}[x])
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
@@ -72,5 +95,5 @@ def plot(runs: list[Path], out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     runs = [Path(r) for r in args.runs]
     out = Path(args.out) if args.out else runs[0] / "metrics.png"
-    print(plot(runs, out))
+    print(plot(runs, out, args.x))
     return 0

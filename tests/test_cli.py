@@ -31,6 +31,13 @@ def test_plot_draws_one_or_more_runs_and_names_a_folder_without_metrics(tmp_path
     out = tmp_path / "curves.png"
     p = gpt_ds("plot", tmp_path / "a", tmp_path / "b", "--out", out)
     assert p.stdout.strip() == str(out) and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    from gpt_ds.config import dump_config, load_config
+    dump_config(load_config("tiny", ["train.global_batch=16", "data.seq_len=64", "model.vocab_size=1000"]),
+                tmp_path / "a" / "config.yaml")
+    p = gpt_ds("plot", tmp_path / "a", "--x", "tokens", "--out", tmp_path / "tokens.png")
+    assert (tmp_path / "tokens.png").stat().st_size > 10_000
+    p = gpt_ds("plot", tmp_path / "b", "--x", "flops", check=False)  # b has no config.yaml to count FLOPs from
+    assert p.returncode == 2 and "no config.yaml" in p.stderr
     (tmp_path / "empty").mkdir()
     p = gpt_ds("plot", tmp_path / "empty", check=False)
     assert p.returncode == 2 and "no metrics.jsonl" in p.stderr and "Traceback" not in p.stderr

@@ -27,6 +27,10 @@ def test_export_loads_with_auto_classes_and_pipelines(text_run, tmp_path):
     out = tmp_path / "export"
     info = json.loads(gpt_ds("export", run, "--out", out, "--verify").stdout.strip().splitlines()[-1])
     assert info["tokenizer"] and info["verify_max_abs_diff"] <= 1e-5
+    saved = json.loads((out / "gpt_ds_export.json").read_text())  # provenance travels with the folders
+    assert saved["tokens_seen"] == 512 and saved["train_flops"] > 0 and saved["config"]["train"]["max_steps"] == 2
+    assert saved["gpt_ds_version_exported"] and len(saved["tokenizer_fingerprint"]) >= 8
+    assert list(saved["data_fingerprints"]) == [str(root / "corpus")]  # raw text: no store checksums to hash
     for part, cls in (("discriminator", "ElectraForPreTraining"), ("generator", "ElectraForMaskedLM")):
         card = (out / part / "README.md").read_text()  # the model card a downstream team reads first
         assert card.startswith("---\nlibrary_name: transformers") and f"({cls})" in card

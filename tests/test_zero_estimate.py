@@ -123,6 +123,9 @@ def test_parse_bytes_and_cli(capsys):
     assert out["vocab_size"] == 30522 and out["assumptions"]["vocab_size_assumed"] is True
     assert cli_main(["estimate", "tiny", "--gpus-per-node", "2"]) == 0
     assert "vocabulary: 30522 assumed" in capsys.readouterr().out
+    assert cli_main(["estimate", "tiny", "--gpus-per-node", "2", "--vocab-size", "8000", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["vocab_size"] == 8000 and out["assumptions"]["vocab_size_assumed"] is False
 
 
 # ---------------------------------------------------------------------------------------------- peak memory terms

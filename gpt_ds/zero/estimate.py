@@ -182,6 +182,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcie-gbs", type=float, default=12.0, help="host<->GPU bandwidth per GPU for offload, GB/s")
     p.add_argument("--headroom", type=float, default=0.9, help="share of GPU memory a plan may use")
     p.add_argument("--json", action="store_true", help="print the whole estimate as one JSON object")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="vocabulary to estimate with when the config has neither model.vocab_size nor data.tokenizer "
+                        f"(default {ASSUMED_VOCAB}, BERT's)")
 
 
 def _gib(b: float) -> str:
@@ -190,6 +193,10 @@ def _gib(b: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if args.vocab_size is not None and cfg.model.vocab_size <= 0:
+        if args.vocab_size < 1:
+            raise ConfigError(f"--vocab-size {args.vocab_size}: must be >= 1")
+        cfg.model.vocab_size = args.vocab_size
     est = estimate(cfg, args.nodes, args.gpus_per_node, parse_bytes(args.gpu_mem), mfu=args.mfu,
                    peak_tflops=args.peak_tflops, comm_gbs=args.comm_gbs, pcie_gbs=args.pcie_gbs,
                    headroom=args.headroom)
