@@ -126,6 +126,10 @@ def test_parse_bytes_and_cli(capsys):
     assert cli_main(["estimate", "tiny", "--gpus-per-node", "2", "--vocab-size", "8000", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["vocab_size"] == 8000 and out["assumptions"]["vocab_size_assumed"] is False
+    # a preset whose own ds_config differs from the advice gets a line about it
+    assert cli_main(["estimate", "electra-base", "--nodes", "4", "--gpus-per-node", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "recommended: ds_configs/zero0_bf16.json" in text and "the config's own choice, zero3_bf16" in text
 
 
 # ---------------------------------------------------------------------------------------------- peak memory terms

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
@@ -229,4 +230,25 @@ def run(args: argparse.Namespace) -> int:
           f"{', with activation checkpointing' if rec['activation_checkpointing'] else ''}); set "
           f"deepspeed.generator and deepspeed.discriminator to it"
           f"{' and train.activation_checkpointing=true' if rec['activation_checkpointing'] else ''}")
+    mine = current_row(cfg, est)
+    if mine is not None and mine["preset"] != Path(rec["preset"]).stem:
+        print(f"the config's own choice, {mine['preset']} ({mine['option']}): "
+              + (f"fits too (peak {mine['peak_gpu_bytes'] / GIB:.2f} GiB per GPU, step {mine['step_time_s']:.3f} s "
+                 f"vs {_row_of(est, rec)['step_time_s']:.3f} s); keep it for a larger model or smaller GPUs, "
+                 f"where what the recommendation replicates stops fitting" if mine["fits"] else
+                 "does not fit: change it"))
     return 0
+
+
+def current_row(cfg: Config, est: dict) -> dict | None:
+    """The estimate's row for the ds_config the generator engine is set to (presets only; None for other files)."""
+    stem = Path(cfg.deepspeed.generator).stem
+    for r in est["options"]:
+        if r["preset"] == stem and r["activation_checkpointing"] == cfg.train.activation_checkpointing:
+            return r
+    return None
+
+
+def _row_of(est: dict, rec: dict) -> dict:
+    return next(r for r in est["options"] if r["preset"] == Path(rec["preset"]).stem
+                and r["activation_checkpointing"] == rec["activation_checkpointing"])
