@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except GptDsError as e:
-        print(f"gpt-ds {name}: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # quiet: rank 0 reports this same problem for the whole job
+            print(f"gpt-ds {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for SIGINT, no traceback from wherever it landed
         print(f"gpt-ds {name}: interrupted", file=sys.stderr)

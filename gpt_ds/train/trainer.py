@@ -18,6 +18,7 @@ from gpt_ds import __version__
 from gpt_ds.config import Config, batch_layout, dump_config, model_differences
 from gpt_ds.data import open_dataset
 from gpt_ds.data.loader import StepLoader, step_sample_numbers
+from gpt_ds.dist.agree import once_across_ranks
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
@@ -44,16 +45,9 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.layout = batch_layout(cfg, world_size)
-        self.dataset = open_dataset(cfg)
+        self.dataset = once_across_ranks(self._open_data, rank, world_size)  # each problem once, not once per rank
         ds = self.dataset
-        if len(ds) < self.layout.global_batch:  # every step would repeat rows within itself: not a corpus, a typo
-            raise GptDsError(f"data.sources hold {len(ds)} rows of {cfg.data.seq_len} tokens, fewer than one global "
-                             f"batch ({self.layout.global_batch}); add text, or lower train.global_batch / "
-                             f"data.seq_len")
         self.vocab_size = cfg.model.vocab_size or ds.vocab_size
-        if self.vocab_size < ds.vocab_size:
-            raise GptDsError(f"model.vocab_size {self.vocab_size} is smaller than the tokenizer's {ds.vocab_size}; "
-                             f"set model.vocab_size=0 to take the tokenizer's")
         self.special_ids = sorted({ds.pad_id, ds.cls_id, ds.sep_id, ds.mask_id, ds.unk_id})
         # synthetic rows are uniform random ids: their prior is uniform already, an estimate would only add noise
         priors = cfg.model.init_output_priors and not cfg.data.synthetic
@@ -86,6 +80,17 @@ class Trainer:
                 "tokenizer_fingerprint": ds.tokenizer_fingerprint, "tokenizer_dir": ds.tokenizer_dir,
                 "vocab_size": self.vocab_size, "pad_id": ds.pad_id, "mask_id": ds.mask_id, "gpt_ds_version": __version__}
 
+    def _open_data(self):
+        cfg, ds = self.cfg, open_dataset(self.cfg)
+        if len(ds) < self.layout.global_batch:  # every step would repeat rows within itself: not a corpus, a typo
+            raise GptDsError(f"data.sources hold {len(ds)} rows of {cfg.data.seq_len} tokens, fewer than one global "
+                             f"batch ({self.layout.global_batch}); add text, or lower train.global_batch / "
+                             f"data.seq_len")
+        if 0 < cfg.model.vocab_size < ds.vocab_size:
+            raise GptDsError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
+                             f"{ds.vocab_size}; set model.vocab_size=0 to take the tokenizer's")
+        return ds
+
     def _find_resume(self, resume: str) -> Path | None:
         """Rank 0 verifies the checkpoints (reading every file once) and tells the others which step to load."""
         found: list = [None]
@@ -99,7 +104,7 @@ class Trainer:
             dist.broadcast_object_list(found, src=0)
         kind, value = found[0]
         if kind == "error":
-            raise GptDsError(value)
+            raise GptDsError(value, quiet=self.rank != 0)  # rank 0 says it for the job
         return None if value is None else Path(value)
 
     def _resume(self, step_dir: Path) -> None:
