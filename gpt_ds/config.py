@@ -64,7 +64,11 @@ class ModelConfig:
     tie_output_embeddings: bool = True
     # output biases start at the data's priors (log unigram frequencies; log-odds of mask_prob), gpt_ds/model/priors.py
     init_output_priors: bool = True
+    # the fused heads: auto (Triton on a GPU, chunked PyTorch elsewhere), triton, torch, or reference (full logits)
     kernels: Literal["auto", "triton", "torch", "reference"] = "auto"
+    # the encoder layers: fast (gpt_ds's C++ CPU paths where they apply; a GPU keeps torch's own), stock (plain
+    # transformers), or auto = stock with kernels=reference (the all-stock twin the tests compare with), else fast
+    encoder_kernels: Literal["auto", "fast", "stock"] = "auto"
 
 
 @dataclass
@@ -425,7 +429,7 @@ def dump_config(cfg: Config, path: Path) -> None:
 
 
 # Model keys that do not change what a checkpoint holds: a resume may change them.
-RESUMABLE_MODEL_KEYS = ("kernels", "hidden_dropout", "attention_dropout", "position_init", "init_output_priors",
+RESUMABLE_MODEL_KEYS = ("kernels", "encoder_kernels", "hidden_dropout", "attention_dropout", "position_init", "init_output_priors",
                         "initializer_range")
 
 

@@ -240,3 +240,20 @@ def test_output_priors_start_both_losses_at_the_data_prior():
             losses[with_priors] = gen.mlm.eval()(masked, labels=labels).loss.item()
     assert abs(losses[True] - entropy) < 0.1, (losses, entropy)
     assert losses[False] > math.log(V - 5) - 0.1 > entropy + 0.3
+
+
+def test_head_and_encoder_kernel_settings_are_separate():
+    from gpt_ds.kernels import encoder_fast_paths, head_impl
+    from gpt_ds.kernels.encoder import ATTENTION_NAME
+    from gpt_ds.train.engines import build_models
+    cases = {("torch", "auto"): True, ("reference", "auto"): False, ("torch", "stock"): False,
+             ("reference", "fast"): True}
+    for (heads, encoder), fast in cases.items():
+        assert encoder_fast_paths(heads, encoder) is fast
+        cfg = load_config("tiny", [f"model.kernels={heads}", f"model.encoder_kernels={encoder}", "data.synthetic=true",
+                                   "model.vocab_size=300", "model.num_layers=1"])
+        gen, disc = build_models(cfg, 300, 0, seed=0)
+        for tower in (gen.mlm, disc.pt):
+            assert (tower.config._attn_implementation == ATTENTION_NAME) is fast, (heads, encoder)
+        assert gen.kernels == disc.kernels == heads  # the heads keep their own setting
+    assert head_impl("auto", on_gpu=False) == "torch" and head_impl("torch", on_gpu=True) == "torch"

@@ -41,12 +41,26 @@ def triton_available() -> bool:
     return True
 
 
+def head_impl(kernels: str, on_gpu: bool) -> str:
+    """What `model.kernels` runs for the heads, decided once here (the trainer's heads and the estimator both ask)."""
+    if kernels == "auto":
+        return "triton" if on_gpu and triton_available() else "torch"
+    return kernels
+
+
+def encoder_fast_paths(kernels: str, encoder_kernels: str) -> bool:
+    """Whether the towers get gpt_ds's encoder paths (`model.encoder_kernels`; "auto" follows the heads' reference)."""
+    if encoder_kernels == "auto":
+        return kernels != "reference"
+    return encoder_kernels == "fast"
+
+
 def resolve_impl(impl: str, t: torch.Tensor) -> str:
     """The concrete implementation `impl` means for tensors like `t`."""
     if impl not in IMPLS:
         raise GptDsError(f"model.kernels={impl!r} is not one of {', '.join(IMPLS)}")
     if impl == "auto":
-        return "triton" if t.is_cuda and triton_available() else "torch"
+        return head_impl(impl, t.is_cuda)
     if impl == "triton":
         if not triton_available():
             raise GptDsError("model.kernels='triton' but triton does not import: install triton or use 'torch'")

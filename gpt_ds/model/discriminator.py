@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import ElectraConfig, ElectraForPreTraining
 
-from gpt_ds.kernels import discriminator_head
+from gpt_ds.kernels import discriminator_head, encoder_fast_paths
 from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
 
 
@@ -18,10 +18,11 @@ class DiscriminatorOutput(NamedTuple):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False):
+    def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False,
+                 fast_encoder: bool | None = None):
         super().__init__()
         self.pt = ElectraForPreTraining(config)
-        if kernels != "reference":
+        if fast_encoder if fast_encoder is not None else encoder_fast_paths(kernels, "auto"):
             install_fast_paths(self.pt)
         self.kernels = kernels
         self.gdes = gdes

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import ElectraConfig, ElectraForMaskedLM
 
-from gpt_ds.kernels import generator_head
+from gpt_ds.kernels import encoder_fast_paths, generator_head
 from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
 
 
@@ -21,10 +21,10 @@ class GeneratorOutput(NamedTuple):
 
 class Generator(nn.Module):
     def __init__(self, config: ElectraConfig, *, kernels: str = "auto", temperature: float = 1.0,
-                 disallow_correct: bool = False, share_embeddings: bool = False):
+                 disallow_correct: bool = False, share_embeddings: bool = False, fast_encoder: bool | None = None):
         super().__init__()
         self.mlm = ElectraForMaskedLM(config)
-        if kernels != "reference":
+        if fast_encoder if fast_encoder is not None else encoder_fast_paths(kernels, "auto"):
             install_fast_paths(self.mlm)
         self.kernels = kernels
         self.temperature = temperature

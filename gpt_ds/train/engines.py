@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt_ds.config import BatchLayout, Config
+from gpt_ds.kernels import encoder_fast_paths
 from gpt_ds.model.discriminator import Discriminator
 from gpt_ds.model.generator import Generator
 from gpt_ds.model.hf_config import discriminator_config, generator_config
@@ -31,12 +32,14 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
     """Same seed (and the same unigram estimate) on every rank: ZeRO partitions identical initial weights."""
     torch.manual_seed(seed)
     gdes = cfg.objective.kind == "electra" and cfg.objective.embedding_sharing == "gdes"
+    fast = encoder_fast_paths(cfg.model.kernels, cfg.model.encoder_kernels)
     gen = Generator(generator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels,
                     temperature=cfg.objective.temperature, disallow_correct=cfg.objective.disallow_correct,
-                    share_embeddings=gdes)
+                    share_embeddings=gdes, fast_encoder=fast)
     disc = None
     if cfg.objective.kind == "electra":
-        disc = Discriminator(discriminator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels, gdes=gdes)
+        disc = Discriminator(discriminator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels, gdes=gdes,
+                             fast_encoder=fast)
     if cfg.train.activation_checkpointing:
         for tower in (gen.mlm, disc.pt if disc is not None else None):
             if tower is not None:  # non-reentrant: works with ZeRO-3's hooks and keeps dropout's RNG stream

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
+from gpt_ds.kernels import encoder_fast_paths
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
 from gpt_ds.zero.sizes import (ASSUMED_VOCAB, activation_bytes, cpu_kernels_active, head_impl, head_workspace,
                                recompute_bytes, towers, vocab_size)
@@ -84,7 +85,7 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
     comm_bytes = pcie_bytes = 0.0
     k = 4 if prec == "fp32" else 2
     impl = head_impl(cfg.model.kernels, on_gpu)
-    fast = cpu_kernels_active(on_gpu) and cfg.model.kernels != "reference"
+    fast = cpu_kernels_active(on_gpu) and encoder_fast_paths(cfg.model.kernels, cfg.model.encoder_kernels)
     for t in tws:
         st = model_states(t, opt, prec, world, **auto_buckets(t.hidden), on_gpu=on_gpu)
         a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash, cpu_kernels=fast)

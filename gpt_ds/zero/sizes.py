@@ -184,10 +184,12 @@ def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, check
 
 
 def head_impl(kernels: str, on_gpu: bool = True) -> str:
-    """The head implementation `model.kernels` runs: "auto" is Triton on a GPU and chunked PyTorch elsewhere."""
-    if kernels == "auto":
-        return "triton" if on_gpu else "torch"
-    return kernels
+    """The head implementation `model.kernels` runs (gpt_ds.kernels.head_impl decides; an estimate for a GPU
+    assumes Triton will be there)."""
+    if kernels == "auto" and on_gpu:
+        return "triton"
+    from gpt_ds.kernels import head_impl as decide
+    return decide(kernels, on_gpu)
 
 
 def head_workspace(t: Tower, cfg: Config, micro: int, act_bytes: int, impl: str = "triton") -> dict:
