@@ -5,7 +5,7 @@
    tokenizer and a token store built by `gpt-ds tokenizer train` / `gpt-ds prepare`.
 2. Two pretraining runs from one preset (default `tiny`), `objective.kind=electra` and `objective.kind=mlm`, each
    with checkpoints at the budget points. The MLM run gets as many steps as give the same FLOPs as the ELECTRA run
-   (gpt_ds/train/flops.py counts the generator, the discriminator and the sampling), so both curves share their
+   (gpt_ds/flops.py counts the generator, the discriminator and the sampling), so both curves share their
    x-axis points. Each run's learning rate decays to zero at its own last step; the earlier points are read from the
    same runs, mid-schedule (as the ELECTRA paper's curves are).
 3. Every checkpoint exported (ELECTRA: the discriminator; MLM: its masked LM) and fine-tuned with `gpt-ds finetune`
@@ -69,7 +69,7 @@ def data(work: Path) -> tuple[Path, Path]:
 def matched_steps(preset: str, overrides: list[str], electra_steps: int, vocab: int) -> dict:
     """Steps per objective for the same pretraining FLOPs, and the FLOPs of one step of each."""
     from gpt_ds.config import load_config
-    from gpt_ds.train.flops import step_flops
+    from gpt_ds.flops import step_flops
     per_step = {kind: step_flops(load_config(preset, [*overrides, f"objective.kind={kind}"]), vocab)["total"]
                 for kind in ("electra", "mlm")}
     return {"electra": electra_steps,

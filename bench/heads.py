@@ -220,7 +220,7 @@ def run_device(args, device: str = "cuda") -> dict:
     """The GPU bench. device="cpu" is its dry run (tests, with Triton's interpreter: fp32 figures only mean
     something there) so that a short device lease is not spent on a slip in this code."""
     import torch
-    from gpt_ds.train.flops import measure_matmul_flops
+    from gpt_ds.flops import measure_matmul_flops
     torch.backends.cuda.matmul.allow_tf32 = False
     n, e, v = args.n, args.e, args.v
     timed = {"warmup": min(2, args.iters), "iters": args.iters}

@@ -4,7 +4,7 @@ gpt_ds: the Trainer's own train_step (DeepSpeed engines, masked-only generator h
 Reference: ElectraForMaskedLM over all positions + ElectraForPreTraining (embeddings shared), Gumbel-max sampling
 from the masked positions' softmax, loss = gen + 50 * disc, one AdamW over both. Both are timed alternately in this
 process, each round followed by a sample of this machine's 1024^2 fp32 matmul rate; speedup and MFU (gpt_ds's counted
-FLOPs, gpt_ds.train.flops, per second over that rate) are medians of the per-round ratios (--steps rounds after one
+FLOPs, gpt_ds.flops, per second over that rate) are medians of the per-round ratios (--steps rounds after one
 warm-up); matmul_time_share (one profiled step) says how much of the step ATen's matmul operators take, and
 matmul_rate_vs_peak how fast they run. On the CPU the attention's score and context products run inside gpt_ds's
 C++ attention operators (with the softmax and dropout): their share of the step is attention_op_share, and their
@@ -128,7 +128,7 @@ def _timed(fn, cuda: bool) -> float:
 def measure(preset: str, args) -> dict:
     """Rounds of (gpt_ds step per kernels choice, reference step, matmul-rate sample): ratios are taken within a
     round, then the median, so a load change on a shared machine moves both sides of each ratio together."""
-    from gpt_ds.train.flops import measure_matmul_flops
+    from gpt_ds.flops import measure_matmul_flops
     cuda = args.device == "cuda"
     kernels = args.kernels.split(",")
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """How long rank 0 keeps the other ranks waiting when a ZeRO checkpoint resumes on another number of ranks.
 
 Trains ELECTRA-Small (fp32, both engines ZeRO-3, then the discriminator ZeRO-2) for one step on 2 gloo ranks, saves,
-and times gpt_ds.zero.reshard.ensure_universal on the step folder in a fresh process, as rank 0 runs it: seconds,
+and times gpt_ds.checkpoint.reshard.ensure_universal on the step folder in a fresh process, as rank 0 runs it: seconds,
 seconds per million parameters, bytes of the checkpoint and of its universal copy. The other ranks wait for this in a
 collective, so it must stay well inside the process group's timeout (30 minutes by default).
 
@@ -53,7 +53,7 @@ def main() -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             step = run / "checkpoints" / "step_0000001"
             code = ("import time; from pathlib import Path; import deepspeed.checkpoint.ds_to_universal; "
-                    "from gpt_ds.zero.reshard import ensure_universal; t = time.perf_counter(); "
+                    "from gpt_ds.checkpoint.reshard import ensure_universal; t = time.perf_counter(); "
                     f"ensure_universal(Path({str(step)!r})); print(time.perf_counter() - t)")
             p = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, capture_output=True,
                                text=True)

@@ -20,7 +20,8 @@ from gpt_ds.config import Config, config_from_dict
 from gpt_ds.errors import GptDsError
 from gpt_ds.export_card import model_card
 from gpt_ds.model.hf_config import discriminator_config, generator_config
-from gpt_ds.train import checkpoint, safe_load
+from gpt_ds import checkpoint
+from gpt_ds.checkpoint import safe_load
 
 TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight"}
 
@@ -129,7 +130,7 @@ def provenance(cfg: Config, state: dict) -> dict:
     into one fingerprint, when the store is reachable from here), the tokenizer's fingerprint, tokens and FLOPs."""
     import hashlib
     from gpt_ds import __version__
-    from gpt_ds.train.flops import step_flops
+    from gpt_ds.flops import step_flops
     stores = {}
     for source in cfg.data.sources:
         manifest = Path(source.path) / "manifest.json"
@@ -159,7 +160,7 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
     tok = None
     if state.get("tokenizer_dir") or tokenizer:
         from transformers import AutoTokenizer
-        from gpt_ds.train.run_files import find_tokenizer
+        from gpt_ds.checkpoint.run_files import find_tokenizer
         where = Path(tokenizer) if tokenizer else find_tokenizer(step_dir, state.get("tokenizer_dir"))
         if where is None or not (where / "tokenizer_config.json").is_file():
             raise GptDsError(f"{step_dir}: the run was trained with the tokenizer '{state.get('tokenizer_dir')}', "

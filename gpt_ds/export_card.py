@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from gpt_ds.config import Config, generator_sizes
-from gpt_ds.train.flops import step_flops
+from gpt_ds.flops import step_flops
 
 ROLE = {
     "discriminator": ("ElectraForPreTraining", "The ELECTRA discriminator: replaced-token detection on every token. "

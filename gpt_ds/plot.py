@@ -55,7 +55,7 @@ def x_scale(run_dir: Path, x: str) -> float:
     cfg = load_config(str(path), [])
     if x == "tokens":
         return float(cfg.train.global_batch * cfg.data.seq_len)
-    from gpt_ds.train.flops import step_flops
+    from gpt_ds.flops import step_flops
     vocab = cfg.model.vocab_size
     if vocab <= 0:
         from gpt_ds.zero.sizes import ASSUMED_VOCAB, vocab_size

@@ -184,12 +184,12 @@ def test_activation_checkpointing_keeps_fewer_activations():
 
 
 def test_step_flops_attention_and_encoder_terms_match_torchs_flop_counter():
-    """gpt_ds.train.flops against torch's FlopCounterMode on a stock transformers encoder forward (eager attention):
+    """gpt_ds.flops against torch's FlopCounterMode on a stock transformers encoder forward (eager attention):
     the attention products (QK^T, PV) are the counted bmm FLOPs, and the whole encoder the counted matmul FLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import ElectraConfig, ElectraModel
 
-    from gpt_ds.train.flops import attention_flops, encoder_forward_flops
+    from gpt_ds.flops import attention_flops, encoder_forward_flops
     b, L, h, layers, ffn, e = 3, 24, 32, 2, 80, 16
     cfg = ElectraConfig(vocab_size=50, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                         num_attention_heads=4, intermediate_size=ffn, max_position_embeddings=L)

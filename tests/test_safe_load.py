@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gpt_ds.errors import GptDsError
-from gpt_ds.train import safe_load
-from gpt_ds.train.checkpoint import write_manifest
+from gpt_ds.checkpoint import safe_load
+from gpt_ds.checkpoint import write_manifest
 from test_train import FAST, gpt_ds
 
 

@@ -108,12 +108,12 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_step_and_logs_ea
 
 
 def checkpoint_problems(step_dir):
-    from gpt_ds.train.checkpoint import verify
+    from gpt_ds.checkpoint import verify
     return verify(step_dir)
 
 
 def test_verify_names_missing_resized_and_changed_files(tmp_path):
-    from gpt_ds.train.checkpoint import find_resume, verify, write_manifest
+    from gpt_ds.checkpoint import find_resume, verify, write_manifest
     from gpt_ds.errors import GptDsError
     ck = tmp_path / "checkpoints"
     for step in (3, 6):
@@ -276,7 +276,7 @@ def test_a_job_log_gets_one_progress_line_per_interval_and_checkpoint_lines(tmp_
 def test_a_save_on_a_full_disk_names_the_cause_and_leaves_no_partial_folder(tmp_path):
     import errno
     from gpt_ds.errors import GptDsError
-    from gpt_ds.train import checkpoint
+    from gpt_ds import checkpoint
 
     class Engine:
         def __init__(self, fail):

@@ -8,7 +8,7 @@ import pytest
 from test_train import FAST, by_step, gpt_ds, metrics
 
 from gpt_ds.errors import GptDsError
-from gpt_ds.zero import reshard
+from gpt_ds.checkpoint import reshard
 
 # No dropout: its RNG stream is per rank, the only thing that legitimately changes with the number of ranks.
 # A given peak_tflops skips the CPU matmul probe and no tensorboard skips its import: seconds per rank on 2 cores.

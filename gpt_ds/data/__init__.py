@@ -64,7 +64,7 @@ def _open_source(path: str, cfg):
     if not Path(path).exists():
         raise ConfigError(f"data.sources: '{path}' does not exist")
     if sources.is_store(path):
-        from gpt_ds.data.store import open_store_dataset
+        from gpt_ds.data.samples import open_store_dataset
         return open_store_dataset(path, cfg)
     if not d.tokenizer:
         raise ConfigError(f"data.sources '{path}' is text, so data.tokenizer must name a tokenizer folder "

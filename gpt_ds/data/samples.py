@@ -1,4 +1,5 @@
-"""`gpt-ds index STORE --seq-len L`: the sample index of a store for one row length, built once and memory-mapped.
+"""`gpt-ds index STORE --seq-len L`: the sample index of a store for one row length, built once and memory-mapped;
+and `open_store_dataset`, a store plus its index as the row dataset training reads (store.py knows only the files).
 
 rows.npy holds one (start, end, split) triple of global token positions per row (the packing rule is in
 gpt_ds.data.packing). It is cached under index/L<len>-<key>, key = hash of the shards' sha256, the length and the
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt_ds.data.datasets import PackedDataset
 from gpt_ds.data.packing import MAX_EMPTY, ROW_COLUMNS, cut_points, pack_rows
+from gpt_ds.data.store import StoreShard, read_manifest
 from gpt_ds.errors import GptDsError
 
 PACKING_VERSION = 1
@@ -35,7 +38,6 @@ def index_dir(root: Path, m: dict, seq_len: int, pairs: bool) -> Path:
 
 
 def _shard_rows(args) -> np.ndarray:
-    from gpt_ds.data.store import StoreShard
     root, i, entry, dtype, table, seq_len, pairs, offset = args
     sh = StoreShard(Path(root), i, entry, dtype)
     tokens = np.asarray(sh.tokens)
@@ -59,7 +61,6 @@ def build_index(root, seq_len: int, pairs: bool = False, workers: int = 1, quiet
                 pool=None) -> Path:
     """Build (or find) the index of `root` for rows of `seq_len`; returns its folder. Memory stays flat: each
     shard's rows go to disk as they come (in shard order), from `pool` (a multiprocessing pool) or a new one."""
-    from gpt_ds.data.store import read_manifest
 
     root = Path(root)
     m = read_manifest(root)
@@ -141,3 +142,28 @@ def run(args) -> int:
     for L in args.seq_len:
         build_index(args.store, L, args.two_segments, workers=args.workers, quiet=False)
     return 0
+
+
+def open_store_dataset(path, cfg) -> PackedDataset:
+    """A store as a row dataset for cfg.data.seq_len; refuses a tokenizer other than the run's."""
+    from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info
+
+    root = Path(path)
+    m = read_manifest(root)
+    tok_dir = str(root / "tokenizer")
+    if cfg.data.tokenizer:
+        if not Path(cfg.data.tokenizer).is_dir():
+            raise GptDsError(f"data.tokenizer '{cfg.data.tokenizer}' is not a folder")
+        fp = tokenizer_fingerprint(tokenizer_info(cfg.data.tokenizer))
+        if fp != m["tokenizer"]["fingerprint"]:
+            raise GptDsError(f"store {root} was made with another tokenizer (fingerprint "
+                             f"{m['tokenizer']['fingerprint']}) than data.tokenizer={cfg.data.tokenizer} ({fp}); "
+                             f"re-run `gpt-ds prepare --tokenizer {cfg.data.tokenizer}` or drop data.tokenizer")
+        tok_dir = cfg.data.tokenizer
+    rows = load_index(root, m, cfg.data.seq_len, cfg.data.two_segments)
+    entries = m["shards"]
+    offsets = np.concatenate([[0], np.cumsum([e["tokens"] for e in entries])]).astype(np.int64)
+    return PackedDataset(shards=[None] * len(entries), shard_offsets=offsets, rows=rows, seq_len=cfg.data.seq_len,
+                         pairs=cfg.data.two_segments, vocab_size=m["vocab_size"], specials=m["tokenizer"]["specials"],
+                         tokenizer_dir=tok_dir, fingerprint=m["tokenizer"]["fingerprint"], seed=cfg.run.seed,
+                         name=str(root), open_shard=lambda i: StoreShard(root, i, entries[i], m["dtype"]))

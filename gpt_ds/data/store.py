@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_ds.data.datasets import PackedDataset, Shard
+from gpt_ds.data.datasets import Shard
 from gpt_ds.errors import GptDsError
 
 FORMAT, VERSION = "gpt_ds.store", 1
@@ -112,29 +112,3 @@ def verify_store(root) -> list[str]:
             if h.hexdigest() != entry[key]:
                 bad.append(str(p[kind]))
     return bad
-
-
-def open_store_dataset(path, cfg) -> PackedDataset:
-    """A store as a row dataset for cfg.data.seq_len; refuses a tokenizer other than the run's."""
-    from gpt_ds.data.samples import load_index
-    from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info
-
-    root = Path(path)
-    m = read_manifest(root)
-    tok_dir = str(root / "tokenizer")
-    if cfg.data.tokenizer:
-        if not Path(cfg.data.tokenizer).is_dir():
-            raise GptDsError(f"data.tokenizer '{cfg.data.tokenizer}' is not a folder")
-        fp = tokenizer_fingerprint(tokenizer_info(cfg.data.tokenizer))
-        if fp != m["tokenizer"]["fingerprint"]:
-            raise GptDsError(f"store {root} was made with another tokenizer (fingerprint "
-                             f"{m['tokenizer']['fingerprint']}) than data.tokenizer={cfg.data.tokenizer} ({fp}); "
-                             f"re-run `gpt-ds prepare --tokenizer {cfg.data.tokenizer}` or drop data.tokenizer")
-        tok_dir = cfg.data.tokenizer
-    rows = load_index(root, m, cfg.data.seq_len, cfg.data.two_segments)
-    entries = m["shards"]
-    offsets = np.concatenate([[0], np.cumsum([e["tokens"] for e in entries])]).astype(np.int64)
-    return PackedDataset(shards=[None] * len(entries), shard_offsets=offsets, rows=rows, seq_len=cfg.data.seq_len,
-                         pairs=cfg.data.two_segments, vocab_size=m["vocab_size"], specials=m["tokenizer"]["specials"],
-                         tokenizer_dir=tok_dir, fingerprint=m["tokenizer"]["fingerprint"], seed=cfg.run.seed,
-                         name=str(root), open_shard=lambda i: StoreShard(root, i, entries[i], m["dtype"]))

@@ -23,7 +23,7 @@ import torch
 from gpt_ds.errors import GptDsError
 from gpt_ds.finetune.data import SPLITS, Task, encode, load_task, load_tokenizer
 from gpt_ds.finetune.metrics import METRICS, classification_metrics, median_over_seeds
-from gpt_ds.train.optim import decays
+from gpt_ds.model.weight_decay import decays
 from gpt_ds.train.schedule import make_scheduler
 
 

@@ -15,8 +15,8 @@ from gpt_ds.model.discriminator import Discriminator
 from gpt_ds.model.generator import Generator
 from gpt_ds.model.hf_config import discriminator_config, generator_config
 from gpt_ds.model.priors import init_output_priors
-from gpt_ds.train.ds_config import resolve_ds_config, zero_stage
-from gpt_ds.train.optim import param_groups
+from gpt_ds.ds_config import resolve_ds_config, zero_stage
+from gpt_ds.model.weight_decay import param_groups
 from gpt_ds.train.schedule import make_scheduler
 
 

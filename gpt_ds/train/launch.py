@@ -17,7 +17,7 @@ import time
 
 from gpt_ds.config import Config, ConfigError, load_config
 from gpt_ds.errors import GptDsError
-from gpt_ds.train.run_files import LOCK_HELD_ENV, run_lock
+from gpt_ds.checkpoint.run_files import LOCK_HELD_ENV, run_lock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True)
     (one process does; under srun each task runs this, and the others check sizes only)."""
     from pathlib import Path
 
-    from gpt_ds.train import checkpoint
+    from gpt_ds import checkpoint
     from gpt_ds.zero.check import check_run
     problems = check_run(cfg, world_size)  # batch arithmetic, both ds_configs, contradictions with this config
     if not cfg.data.synthetic:
@@ -48,7 +48,7 @@ def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True)
         if step_dir is not None:
             from gpt_ds.train.trainer import check_resume_compatible
             check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)
-            from gpt_ds.train.safe_load import verify_files
+            from gpt_ds.checkpoint.safe_load import verify_files
             verify_files(step_dir)
     except GptDsError as e:
         problems.append(str(e))

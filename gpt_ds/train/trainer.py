@@ -23,9 +23,10 @@ from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
 from gpt_ds.model.priors import unigram_log_probs
-from gpt_ds.train import checkpoint, run_files
+from gpt_ds import checkpoint
+from gpt_ds.checkpoint import run_files
 from gpt_ds.train.engines import build_engines
-from gpt_ds.train.flops import measure_matmul_flops, step_flops
+from gpt_ds.flops import measure_matmul_flops, step_flops
 from gpt_ds.train.metrics import MetricsLogger, StepStats
 
 
@@ -257,5 +258,5 @@ def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir:
         raise GptDsError(f"checkpoint {step_dir} used train.global_batch={saved.get('global_batch')}, the run now "
                          f"asks {cfg.train.global_batch}: the sample order and schedule are defined per global batch; "
                          f"keep train.global_batch={saved.get('global_batch')} (change micro_batch/grad_accum instead)")
-    from gpt_ds.zero.reshard import check_resumable
+    from gpt_ds.checkpoint.reshard import check_resumable
     check_resumable(step_dir, saved, cfg, world_size)  # another number of ranks: converted on load; a stage change: no

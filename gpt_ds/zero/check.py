@@ -26,7 +26,7 @@ def _lenient_layout(cfg: Config, world_size: int) -> BatchLayout:
 
 def _sources(cfg: Config, engine: str, path) -> list[tuple[str, dict]]:
     """Each dict the engine's ds_config is merged from, with the name a message should point at."""
-    from gpt_ds.train.ds_config import load_ds_json
+    from gpt_ds.ds_config import load_ds_json
     out = [(str(path), load_ds_json(path, f"deepspeed.{engine}"))]
     if cfg.deepspeed.overrides:
         out.append(("config key deepspeed.overrides", cfg.deepspeed.overrides))
@@ -38,7 +38,7 @@ def _sources(cfg: Config, engine: str, path) -> list[tuple[str, dict]]:
 
 def check_report(cfg: Config, world_size: int) -> tuple[list[str], list[str]]:
     """(problems, notes): problems make a launch fail or silently misbehave; notes are advice."""
-    from gpt_ds.train.ds_config import merged_ds_config, resolve_ds_config
+    from gpt_ds.ds_config import merged_ds_config, resolve_ds_config
     from gpt_ds.zero.keys import key_problems, strip_unknown
     from gpt_ds.zero.rules import combination_problems
     from gpt_ds.zero.schema import parse_with_deepspeed

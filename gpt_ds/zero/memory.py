@@ -165,7 +165,7 @@ def _kept_gathered(t: Tower, persistent: int, max_live: int, reuse_distance: int
 
 
 def auto_buckets(hidden: int) -> dict:
-    """The values gpt_ds fills for "auto" (gpt_ds.train.ds_config), scaled from the engine's hidden size."""
+    """The values gpt_ds fills for "auto" (gpt_ds.ds_config), scaled from the engine's hidden size."""
     return {"reduce_bucket": hidden * hidden, "prefetch_bucket": int(0.9 * hidden * hidden),
             "persistence": 10 * hidden}
 

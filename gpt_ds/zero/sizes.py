@@ -72,7 +72,7 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-    from gpt_ds.train.optim import decays
+    from gpt_ds.model.weight_decay import decays
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
                          tie_word_embeddings=tied)

@@ -202,9 +202,9 @@ def _save_failed(ckpt_dir: Path, tmp: Path, final: Path, rank: int, e: Exception
 def load(step_dir: Path, engines, rank: int, world_size: int) -> dict:
     """Loads both engines (with optimizer and scheduler state); returns the trainer state, with this rank's saved
     RNG state under "rng_state" (None when the world size changed) for the caller to set right before the loop.
-    Saved on another number of ranks, a ZeRO engine loads from a universal copy rank 0 makes once (gpt_ds.zero.reshard).
+    Saved on another number of ranks, a ZeRO engine loads from a universal copy rank 0 makes once (gpt_ds.checkpoint.reshard).
     """
-    from gpt_ds.zero import reshard
+    from gpt_ds.checkpoint import reshard
     state = read_state(step_dir)
     named = {"generator": engines.generator, "discriminator": engines.discriminator}
     for name, how in reshard.prepare(step_dir, named, world_size, rank).items():

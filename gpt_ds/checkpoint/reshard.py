@@ -79,7 +79,7 @@ def plan(step_dir: Path, engine: str, stage_now: int, world_size: int, saved_ds_
 
 def check_resumable(step_dir: Path, saved_state: dict, cfg, world_size: int) -> dict[str, str]:
     """Before launch: every engine's plan, from the run's ds_configs (their 'zero_optimization.stage')."""
-    from gpt_ds.train.ds_config import merged_ds_config, zero_stage
+    from gpt_ds.ds_config import merged_ds_config, zero_stage
     engines = ("generator", "discriminator") if cfg.objective.kind == "electra" else ("generator",)
     old = saved_state.get("config", {}).get("deepspeed", {})
     return {e: plan(step_dir, e, zero_stage(merged_ds_config(cfg, e)[1]), world_size, str(old.get(e, "")))
@@ -96,7 +96,7 @@ def _convert_one(src: Path, out: Path) -> str:
 
     from deepspeed.checkpoint import ds_to_universal
 
-    from gpt_ds.train.safe_load import weights_only_loads
+    from gpt_ds.checkpoint.safe_load import weights_only_loads
     log = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="gpt_ds_universal_") as links:
         (Path(links) / "in").symlink_to(src.resolve(), target_is_directory=True)
@@ -193,7 +193,7 @@ def prepare(step_dir: Path, engines: dict, world_size: int, rank: int) -> dict[s
 def load_engine(engine, step_dir: Path, name: str, how: str) -> None:
     """Load one engine's weights, optimizer and scheduler state, natively or from the universal copy."""
     kw = dict(tag=name, load_optimizer_states=True, load_lr_scheduler_states=True)
-    from gpt_ds.train.safe_load import weights_only_loads
+    from gpt_ds.checkpoint.safe_load import weights_only_loads
     if how == "native":
         with weights_only_loads():
             path, _ = engine.load_checkpoint(str(step_dir), **kw)
@@ -214,7 +214,7 @@ def _repair_stage3_load(engine, optim_file: Path) -> None:
     group's bias correction would run ahead)."""
     import torch
 
-    from gpt_ds.train.safe_load import load
+    from gpt_ds.checkpoint.safe_load import load
     saved = load(optim_file, map_location="cpu")  # weights only; a refused or corrupt file is named
     saved = saved["optimizer_state_dict"]["param_groups"]
     groups = engine.optimizer.param_groups
