@@ -426,24 +426,3 @@ def generator_sizes(m: ModelConfig) -> dict:
 
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-# Model keys that do not change what a checkpoint holds: a resume may change them.
-RESUMABLE_MODEL_KEYS = ("kernels", "encoder_kernels", "hidden_dropout", "attention_dropout", "position_init", "init_output_priors",
-                        "initializer_range")
-
-
-def model_differences(saved: dict, cfg: Config) -> list[str]:
-    """'section.key: old -> new' for what a checkpoint's config and this one disagree on (keys both know).
-
-    model.vocab_size is left out: 0 means "the tokenizer's"; the caller compares the effective sizes."""
-    new = cfg.to_dict()
-    out = []
-    for sec, keys in (("model", None), ("objective", ("kind", "embedding_sharing"))):
-        old_sec = saved.get(sec, {})
-        for k, v in new[sec].items():
-            if (keys is None and k in RESUMABLE_MODEL_KEYS + ("vocab_size",)) or (keys is not None and k not in keys):
-                continue
-            if k in old_sec and old_sec[k] != v:
-                out.append(f"{sec}.{k}: {old_sec[k]!r} -> {v!r}")
-    return out

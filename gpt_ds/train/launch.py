@@ -46,7 +46,7 @@ def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True)
     try:
         step_dir = checkpoint.find_resume(cfg.run_dir / "checkpoints", resume, checksums)
         if step_dir is not None:
-            from gpt_ds.train.trainer import check_resume_compatible
+            from gpt_ds.checkpoint.compat import check_resume_compatible
             check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)
             from gpt_ds.checkpoint.safe_load import verify_files
             verify_files(step_dir)

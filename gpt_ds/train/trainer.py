@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from gpt_ds import __version__
-from gpt_ds.config import Config, batch_layout, dump_config, model_differences
+from gpt_ds.checkpoint.compat import check_resume_compatible
+from gpt_ds.config import Config, batch_layout, dump_config
 from gpt_ds.data import open_dataset
 from gpt_ds.data.loader import StepLoader, step_sample_numbers
 from gpt_ds.dist.agree import once_across_ranks
@@ -243,20 +244,3 @@ class Trainer:
             logger.close()
             self.preemption.uninstall()
         return exit_code
-
-
-def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir: Path) -> None:
-    """Refuse, with the differing keys named, a resume that cannot continue the same run."""
-    diffs = model_differences(saved.get("config", {}), cfg)
-    if cfg.model.vocab_size and cfg.model.vocab_size != saved.get("vocab_size"):
-        diffs.append(f"model.vocab_size: {saved.get('vocab_size')!r} -> {cfg.model.vocab_size!r}")
-    if diffs:
-        raise GptDsError(f"checkpoint {step_dir} was saved with a different model config ({'; '.join(diffs)}); "
-                         f"resume with the checkpoint's settings or start a new run (run.name=... or "
-                         f"checkpoint.resume=none)")
-    if saved.get("global_batch") != cfg.train.global_batch:
-        raise GptDsError(f"checkpoint {step_dir} used train.global_batch={saved.get('global_batch')}, the run now "
-                         f"asks {cfg.train.global_batch}: the sample order and schedule are defined per global batch; "
-                         f"keep train.global_batch={saved.get('global_batch')} (change micro_batch/grad_accum instead)")
-    from gpt_ds.checkpoint.reshard import check_resumable
-    check_resumable(step_dir, saved, cfg, world_size)  # another number of ranks: converted on load; a stage change: no
