@@ -14,6 +14,8 @@ HERE = Path(__file__).resolve().parent
 
 class BuildWithPresets(build_py):
     def run(self):
+        if not self.editable_mode:  # setuptools reuses build/lib: a module moved or deleted would ship again
+            shutil.rmtree(Path(self.build_lib) / "gpt_ds", ignore_errors=True)
         super().run()
         if self.editable_mode:  # an editable install reads the source tree itself
             return

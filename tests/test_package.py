@@ -53,6 +53,9 @@ def test_the_wheel_carries_the_presets_and_kernel_source(installed):
     assert "gpt_ds/_data/ds_configs/zero3_fp32.json" in names
     assert "gpt_ds/kernels/cpu_ops.cpp" in names
     assert not any(n.startswith("tests/") for n in names)
+    # only modules that exist in the tree (setuptools' build/lib would otherwise keep moved or deleted ones)
+    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gpt_ds").rglob("*.py")}
+    assert {n for n in names if n.endswith(".py")} == source
 
 
 def test_installed_gpt_ds_is_the_wheels_and_finds_its_presets(installed):
