@@ -175,6 +175,16 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     try:
         trainer = Trainer(cfg, rank=env.rank, world_size=env.world_size, resume=resume)
         code = trainer.train()
+    except GptDsError as e:
+        if env.world_size == 1:
+            raise  # the CLI prints it
+        # one rank of several: say it (unless rank 0 says it for the job) and leave at once. A normal interpreter
+        # exit here can abort in a communication thread's destructor ("terminate called without an active
+        # exception", exit 134) instead of exiting 2; nothing is left to write (checkpoints are renamed whole).
+        if not e.quiet:
+            print(f"gpt-ds pretrain: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
