@@ -16,13 +16,13 @@ from test_train import FAST, ROOT, gpt_ds, metrics
 LONG = [*FAST, "train.max_steps=100000", "checkpoint.every=100000"]
 
 
-def _start(run: Path) -> subprocess.Popen:
+def _start(run: Path, own_group: bool = False) -> subprocess.Popen:
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_PROCID"):
         env.pop(k, None)
     return subprocess.Popen([sys.executable, "-m", "gpt_ds.cli", "pretrain", "tiny", *LONG, f"run.dir={run}",
                              "--nproc", "2"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=own_group)
 
 
 def _wait_for_steps(run: Path, launcher: subprocess.Popen, n: int = 2, timeout: float = 180) -> None:
@@ -80,9 +80,10 @@ def test_a_rank_killed_by_a_signal_gives_128_plus_n_and_ctrl_c_no_traceback(tmp_
     assert launcher.returncode == 128 + signal.SIGKILL, (launcher.returncode, err[-2000:])
 
     run2 = tmp_path / "run2"
-    launcher = _start(run2)
+    launcher = _start(run2, own_group=True)
     _wait_for_steps(run2, launcher)
-    launcher.send_signal(signal.SIGINT)  # what Ctrl-C sends (to the launcher, which forwards it)
+    os.killpg(launcher.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground process group
     _, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 128 + signal.SIGINT, (launcher.returncode, err[-2000:])
-    assert "Traceback" not in err and "interrupted" in err, err[-3000:]
+    assert "Traceback" not in err and "interrupted (SIGINT); checkpoint at step" in err, err[-3000:]
+    assert list((run2 / "checkpoints").glob("step_*/manifest.json"))

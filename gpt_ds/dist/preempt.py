@@ -54,6 +54,8 @@ class PreemptionHandler:
         self.uninstall()
 
     def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and frame is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt, now
         if self._received is not None:
             return  # the batch script re-sends USR1 until the step ends; say it once
         self._received, self._received_at = signum, time.monotonic()
@@ -63,8 +65,9 @@ class PreemptionHandler:
             # turning exit code 75 into 138. TERM keeps its handler: a second TERM still means "die".
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         # stderr is unbuffered; a short line here helps when reading a job log after the fact
-        print(f"gpt_ds: received {signal.Signals(signum).name}; stopping at the next step boundary", file=sys.stderr,
-              flush=True)
+        again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        print(f"gpt_ds: received {signal.Signals(signum).name}; stopping at the next step boundary{again}",
+              file=sys.stderr, flush=True)
 
     def requested_locally(self) -> bool:
         return self._received is not None

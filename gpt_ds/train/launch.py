@@ -105,7 +105,10 @@ def spawn_local(argv: list[str], nproc: int) -> int:
 
 def _term_when_parent_dies(launcher_pid: int) -> None:
     """In each spawned rank, before exec: SIGTERM when the launcher dies (Linux's parent-death signal), so a killed
-    launcher never leaves ranks training unsupervised; TERM makes them checkpoint at the next step and exit 75."""
+    launcher never leaves ranks training unsupervised; TERM makes them checkpoint at the next step and exit 75.
+    Each rank also gets its own process group, so a terminal's Ctrl-C reaches the launcher alone, which forwards it
+    exactly once (twice would mean "stop at once" to the ranks)."""
+    os.setpgid(0, 0)
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

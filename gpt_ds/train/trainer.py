@@ -7,6 +7,7 @@ global batch continues the same optimisation.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -70,7 +71,9 @@ class Trainer:
         if peak == 0.0:  # this process's own matmul rate: MFU against what the device shows here
             peak = measure_matmul_flops(device=self.device, precision=cfg.train.precision)
         self.peak_flops = peak * world_size
-        self.preemption = PreemptionHandler()
+        # SIGINT too: a rank interrupted inside a collective would leave the others waiting in it for ever; the flag
+        # stops every rank at the same step boundary (a second Ctrl-C stops at once)
+        self.preemption = PreemptionHandler((signal.SIGUSR1, signal.SIGTERM, signal.SIGINT))
 
     # ------------------------------------------------------------------------------------------------ resume / save
     def _state(self) -> dict:
@@ -233,11 +236,13 @@ class Trainer:
                 if self.step < cfg.train.max_steps and self.preemption.should_stop():
                     if self.step % cfg.checkpoint.every != 0:
                         self.save()
+                    # Ctrl-C is a person stopping the run (130, the shell's code), not a preemption to requeue
+                    exit_code = 128 + signal.SIGINT if self.preemption.signal_name == "SIGINT" else REQUEUE_EXIT_CODE
                     if self.rank == 0:
-                        print(f"gpt_ds: preempted ({self.preemption.signal_name or 'signal on another rank'}); "
-                              f"checkpoint at step {self.step}, exiting with {REQUEUE_EXIT_CODE} for requeue",
-                              file=sys.stderr, flush=True)
-                    exit_code = REQUEUE_EXIT_CODE
+                        print(f"gpt_ds: {'interrupted' if exit_code != REQUEUE_EXIT_CODE else 'preempted'} "
+                              f"({self.preemption.signal_name or 'signal on another rank'}); checkpoint at step "
+                              f"{self.step}, exiting with {exit_code}"
+                              f"{' for requeue' if exit_code == REQUEUE_EXIT_CODE else ''}", file=sys.stderr, flush=True)
                     break
         finally:
             loader.close()
