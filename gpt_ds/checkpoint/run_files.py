@@ -23,11 +23,9 @@ def ds_config_file(engine: str) -> str:
 
 def snapshot(run_dir: Path, tokenizer_dir: str | None, ds_configs: dict[str, dict]) -> None:
     """Rank 0, at start: copy the tokenizer and the engines' ds_configs in, each written aside and then renamed."""
+    from gpt_ds.checkpoint import _write_atomic
     for engine, ds in ds_configs.items():
-        path = run_dir / ds_config_file(engine)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(ds, indent=1, sort_keys=True, default=str) + "\n")
-        tmp.replace(path)
+        _write_atomic(run_dir / ds_config_file(engine), json.dumps(ds, indent=1, sort_keys=True, default=str) + "\n")
     if not tokenizer_dir:
         return  # synthetic data: no tokenizer to keep
     source, dest = Path(tokenizer_dir).resolve(), run_dir / TOKENIZER
