@@ -84,13 +84,16 @@ curve() {  # issue 13 on the GPU: ELECTRA and a compute-matched MLM on the news 
                 "deepspeed.generator=$work/ds.json" "deepspeed.discriminator=$work/ds.json" logging.every=100
                 logging.tensorboard=false logging.progress_bar=false checkpoint.every=$((steps / 4))
                 checkpoint.keep_last=8 "$@")
+    # the MLM gets the FLOPs of the widest ELECTRA asked for (electra_g1's generator is as wide as the discriminator)
+    local match=()
+    [[ " ${CURVE_KINDS:-mlm electra_g1} " == *" electra_g1 "* ]] && match=(model.generator_hidden_ratio=1.0)
     local mlm
     mlm=$("$py" -c "
 import json, sys
 sys.path.insert(0, 'bench')
 from electra_vs_mlm import matched_steps
 vocab = json.load(open('$data/store/manifest.json'))['vocab_size']
-print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}") || return 1
+print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}" "${match[@]}") || return 1
     echo "curve: electra $steps steps, mlm $mlm steps (same FLOPs), $secs s limit each"
     # CURVE_KINDS: which runs, in order (each exported and tarred as soon as it ends): electra, mlm, and electra_g1
     # (a generator as wide as the discriminator: the width at which the MLM left the bag-of-words plateau here)
@@ -100,12 +103,16 @@ print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}"
         [[ $kind == mlm ]] && n=$mlm
         [[ $name == electra_g1 ]] && extra=(model.generator_hidden_ratio=1.0)
         local t0=$SECONDS
-        timeout -s USR1 -k 60 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "${extra[@]}" "objective.kind=$kind" \
+        timeout -s USR1 -k 30 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "${extra[@]}" "objective.kind=$kind" \
             "run.dir=$work/$name" "train.max_steps=$n"
         echo "curve: $name pretrain exit $? in $((SECONDS - t0)) s"
         "$py" -m gpt_ds.cli export "$work/$name" --out "$work/export-$name" || return 1
         cp "$work/$name/metrics.jsonl" "$work/export-$name/metrics.jsonl"
-        tar -C "$work" -czf "$out/curve-$name.tgz" "export-$name" || return 1
+        # the encoder that gets fine-tuned only (an MLM's is its "generator"): a file back is at most 16 MiB
+        local enc=discriminator
+        [[ $kind == mlm ]] && enc=generator
+        tar -C "$work" -czf "$out/curve-$name.tgz" "export-$name/$enc" "export-$name/gpt_ds_export.json" \
+            "export-$name/metrics.jsonl" || return 1
     done
     ls -l "$out"/curve-*.tgz
     tail -qn 1 "$work"/*/metrics.jsonl
@@ -138,7 +145,7 @@ run() {
         part smoke 120 bash "$self" _smoke
     fi
     if [[ $which == all || $which == curve ]]; then
-        part curve 330 bash "$self" _curve
+        part curve "${CURVE_LIMIT:-330}" bash "$self" _curve
     fi
     if [[ $which == all || $which == heads ]]; then
         part heads 170 python3 bench/heads.py --device cuda
