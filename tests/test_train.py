@@ -343,3 +343,42 @@ def test_a_save_on_a_full_disk_names_the_cause_and_leaves_no_partial_folder(tmp_
         checkpoint.save(ck, 6, Engines(True), {"step": 6, "world_size": 1}, rank=0, keep_last=2)
     assert "step_0000003 is intact" in str(err.value)
     assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_0000003"]  # no step_0000006.tmp left behind
+
+
+@pytest.fixture
+def small_disk(full_run, tmp_path):
+    """A real file system with room for full_run's first checkpoint and half of its second (root: CI runs so)."""
+    def pages(p: Path) -> int:
+        return -(-p.stat().st_size // 4096) * 4096
+    step6 = full_run / "checkpoints" / "step_0000006"
+    upto3 = sum(pages(p) for p in full_run.rglob("*") if p.is_file() and step6 not in p.parents)
+    size = upto3 + sum(pages(p) for p in step6.rglob("*") if p.is_file()) // 2
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 1024}k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root (CI here has it): {p.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_stops_the_run_with_the_cause_and_the_run_resumes_exactly_once_there_is_room(small_disk):
+    d = small_disk / "run"
+    common = ["pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "checkpoint.every=3", "--nproc", "2"]
+    p = gpt_ds(*common, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "saving checkpoint" in p.stderr and "failed: no space left on the device" in p.stderr
+    assert "step_0000003 is intact" in p.stderr
+    ck = d / "checkpoints"
+    assert sorted(x.name for x in ck.iterdir()) == ["latest", "step_0000003"]  # the partial step 6 is gone
+    assert not checkpoint_problems(ck / "step_0000003")
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)  # room again
+    gpt_ds(*common, "--resume", "auto")
+    rows = metrics(d)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    expected = json.loads(GOLDEN.read_text())["steps_1_to_6"]
+    for key in GOLDEN_KEYS:
+        assert [r[key] for r in rows] == expected[key], key
