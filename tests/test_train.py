@@ -382,3 +382,28 @@ def test_a_full_disk_stops_the_run_with_the_cause_and_the_run_resumes_exactly_on
     expected = json.loads(GOLDEN.read_text())["steps_1_to_6"]
     for key in GOLDEN_KEYS:
         assert [r[key] for r in rows] == expected[key], key
+
+
+def test_a_launch_reads_every_checkpoint_byte_once(tmp_path, monkeypatch):
+    """The check before launch hashes the step folder; the ranks it starts compare sizes and times only, unless a file
+    changed in between."""
+    from gpt_ds import checkpoint
+    from gpt_ds.errors import GptDsError
+    monkeypatch.setenv(checkpoint.VERIFIED_ENV, "")  # restored after the test
+    hashed = []
+    real = checkpoint._sha256
+    monkeypatch.setattr(checkpoint, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    ck = tmp_path / "checkpoints"
+    s = ck / "step_0000003"
+    (s / "rng").mkdir(parents=True)
+    (s / "trainer_state.json").write_text("{}")
+    (s / "weights.pt").write_bytes(b"w" * 1000)
+    checkpoint.write_manifest(s, {"step": 3, "world_size": 1}, {"generator": 0})
+    hashed.clear()
+    assert checkpoint.find_resume(ck, "auto") == s and sorted(hashed) == ["trainer_state.json", "weights.pt"]
+    checkpoint.mark_verified(s)
+    hashed.clear()
+    assert checkpoint.find_resume(ck, "auto") == s and checkpoint.find_resume(ck, str(s)) == s and hashed == []
+    (s / "weights.pt").write_bytes(b"x" + b"w" * 999)  # same size, changed after the check: read again, refused
+    with pytest.raises(GptDsError, match="weights.pt: checksum differs"):
+        checkpoint.find_resume(ck, str(s))

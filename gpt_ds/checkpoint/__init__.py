@@ -97,6 +97,33 @@ def verify(step_dir: Path, checksums: bool = True) -> list[str]:
     return problems
 
 
+# One launch reads every checkpoint byte once: the check before launch records the step folder it verified (with the
+# size and mtime of every file in it) here, in the environment the ranks inherit, and the ranks' own checks then
+# compare sizes only, for that folder while nothing in it has changed since.
+VERIFIED_ENV = "GPT_DS_VERIFIED_CHECKPOINT"
+
+
+def _stat_print(step_dir: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            h.update(f"{path.relative_to(step_dir).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def mark_verified(step_dir: Path) -> None:
+    os.environ[VERIFIED_ENV] = json.dumps({"step": str(step_dir.resolve()), "files": _stat_print(step_dir)})
+
+
+def _verified_earlier(step_dir: Path) -> bool:
+    try:
+        mark = json.loads(os.environ.get(VERIFIED_ENV) or "{}")
+        return mark.get("step") == str(step_dir.resolve()) and mark.get("files") == _stat_print(step_dir)
+    except (ValueError, AttributeError, OSError):
+        return False
+
+
 def _say(msg: str) -> None:
     print(f"gpt_ds: {msg}", file=sys.stderr, flush=True)
 
@@ -112,7 +139,7 @@ def find_resume(ckpt_dir: Path, resume: str, checksums: bool = True) -> Path | N
         if not (p / STATE_FILE).is_file():
             raise GptDsError(f"--resume {resume}: not a complete gpt_ds checkpoint (no {STATE_FILE}); pass a "
                              f"checkpoints/step_XXXXXXX folder, 'auto' or 'none'")
-        problems = verify(p, checksums)
+        problems = verify(p, checksums and not _verified_earlier(p))
         if problems:
             raise GptDsError(f"--resume {resume}: the checkpoint does not match its manifest: " + "; ".join(problems[:5])
                              + ". Resume from another step, or --resume auto to take the newest one that verifies")
@@ -121,7 +148,7 @@ def find_resume(ckpt_dir: Path, resume: str, checksums: bool = True) -> Path | N
                       if (m := STEP_RE.match(p.name)) and p.is_dir()), reverse=True)
     skipped = []
     for step, p in started:
-        problems = verify(p, checksums)
+        problems = verify(p, checksums and not _verified_earlier(p))
         if not problems:
             for name, why in skipped:
                 _say(f"checkpoint {name} skipped: {why}")

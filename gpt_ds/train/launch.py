@@ -45,6 +45,8 @@ def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True)
                 problems.append(f"data.sources: '{s.path}' does not exist")
     try:
         step_dir = checkpoint.find_resume(cfg.run_dir / "checkpoints", resume, checksums)
+        if step_dir is not None and checksums:
+            checkpoint.mark_verified(step_dir)  # the ranks (spawned from here, or this process) read sizes only
         if step_dir is not None:
             from gpt_ds.checkpoint.compat import check_resume_compatible
             check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)

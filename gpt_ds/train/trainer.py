@@ -97,7 +97,8 @@ class Trainer:
         return ds
 
     def _find_resume(self, resume: str) -> Path | None:
-        """Rank 0 verifies the checkpoints (reading every file once) and tells the others which step to load."""
+        """Rank 0 verifies the checkpoints and tells the others which step to load (reading every file only when the
+        check before launch has not: gpt_ds.checkpoint.VERIFIED_ENV)."""
         found: list = [None]
         if self.rank == 0:
             try:
