@@ -28,7 +28,7 @@ $(VENV)/.installed: requirements.txt setup.py
 	touch $@
 
 demo: setup
-	$(PY) -m gpt_ds.demo
+	$(PY) -m demo
 
 test: setup
 	$(PY) -m pytest -q -x tests

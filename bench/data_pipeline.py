@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "gpt_ds_bench_data"))
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    from gpt_ds.data.corpora import news_articles
+    from demo.corpora import news_articles
     from gpt_ds.data.tokenizer import train_tokenizer
     work = Path(a.work)
     c1 = work / "corpus1"

@@ -32,7 +32,7 @@ PARTS = {"all": lambda k: True, "embeddings": lambda k: ".embeddings" in k,
 
 def news_texts(work: Path) -> tuple[list[str], list[str]]:
     """Held-out articles (the demo's last file) and training articles (first file) to fit the identity baseline."""
-    from gpt_ds.data.corpora import news_articles
+    from demo.corpora import news_articles
     files = news_articles(work / "corpus")
     docs = [[d for d in f.read_text().split("\n\n") if d.strip()] for f in (files[-1], files[0])]
     return docs[0][:40], docs[1][:200]
@@ -89,7 +89,7 @@ def main() -> int:
            "order": order_sensitivity(export / "generator", held)}
     print(json.dumps(out), file=sys.stderr)
     if a.ablate:
-        from gpt_ds.data.corpora import labeled_task
+        from demo.corpora import labeled_task
         task = labeled_task(a.task, work / "tasks")
         out["ablation"] = {"task": a.task, "seeds": a.seeds}
         top = f"layer.{AutoModelForPreTraining.from_pretrained(export / 'discriminator').config.num_hidden_layers - 1}."

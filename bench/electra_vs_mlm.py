@@ -56,7 +56,7 @@ def last_json(text: str) -> dict:
 
 def data(work: Path) -> tuple[Path, Path]:
     """News text -> tokenizer -> store, as the demo builds them (the demo's held-out file stays out)."""
-    from gpt_ds.data.corpora import news_articles
+    from demo.corpora import news_articles
     files = news_articles(work / "corpus")[:-1]
     tok, store = work / "tokenizer", work / "store"
     if not (tok / "tokenizer.json").is_file():
@@ -165,7 +165,7 @@ def main() -> int:
     tasks = a.tasks.split(",")
     fractions = sorted(float(x) for x in a.budgets.split(","))
 
-    from gpt_ds.data.corpora import labeled_task
+    from demo.corpora import labeled_task
     task_paths = {t: labeled_task(t, work / "tasks") for t in tasks}
     tok, store = data(work)
     vocab = json.loads((store / "manifest.json").read_text())["vocab_size"]

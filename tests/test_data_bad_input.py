@@ -95,7 +95,7 @@ def test_100mb_single_line_read_in_chunks(tmp_path):
 
 
 def test_long_document_parts_tokenize_like_the_whole(tmp_path, monkeypatch):
-    from gpt_ds.data.corpora import news_articles
+    from demo.corpora import news_articles
     from gpt_ds.data.prepare import prepare
     from gpt_ds.data.store import shard_paths
     from gpt_ds.data.tokenizer import load_tokenizer, train_tokenizer

@@ -6,7 +6,7 @@ import pytest
 
 from gpt_ds.config import load_config
 from gpt_ds.data import RowDataset, open_dataset
-from gpt_ds.data.corpora import news_articles
+from demo.corpora import news_articles
 from gpt_ds.data.encode import CHECK_EVERY, Encoder
 from gpt_ds.data.prepare import prepare
 from gpt_ds.data.tokenizer import load_tokenizer, train_tokenizer

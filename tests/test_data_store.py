@@ -8,7 +8,7 @@ import pytest
 
 from gpt_ds.config import load_config
 from gpt_ds.data import open_dataset
-from gpt_ds.data.corpora import news_articles
+from demo.corpora import news_articles
 from gpt_ds.data.prepare import prepare
 from gpt_ds.data.store import read_manifest, shard_paths, verify_store
 from gpt_ds.data.tokenizer import load_tokenizer, train_tokenizer

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from gpt_ds.data.corpora import news_articles
+from demo.corpora import news_articles
 from gpt_ds.data.tokenizer import (TokenizerInfo, load_tokenizer, sentence_end_table, special_ids,
                                    tokenizer_fingerprint, tokenizer_info, train_tokenizer, vocab_size_of)
 from gpt_ds.errors import GptDsError

@@ -10,7 +10,7 @@ TEXT_RUN = [a for a in FAST if not a.startswith(("data.synthetic", "model.vocab_
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    from gpt_ds.data.corpora import news_articles
+    from demo.corpora import news_articles
     from gpt_ds.data.tokenizer import train_tokenizer
     root = tmp_path_factory.mktemp("text")
     corpus = news_articles(root / "corpus", per_file=100, limit=200)

@@ -239,7 +239,7 @@ def test_rows_without_label_are_counted_and_formats_agree(model_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["sms-spam", "question-type", "movie-sentiment"])
 def test_labeled_tasks_are_deduplicated_disjoint_and_fixed(name, tmp_path):
-    from gpt_ds.data.corpora import labeled_task
+    from demo.corpora import labeled_task
     paths = labeled_task(name, tmp_path)
     texts = {s: [json.loads(line)["text"] for line in p.read_text().splitlines()] for s, p in paths.items()}
     every = sum(texts.values(), [])

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "gpt_ds"
 LAYERS = [["gpt_ds.errors", "gpt_ds.config"], ["gpt_ds.data"], ["gpt_ds.kernels"], ["gpt_ds.model"],
           ["gpt_ds.ds_config", "gpt_ds.flops"], ["gpt_ds.checkpoint"], ["gpt_ds.zero"], ["gpt_ds.dist"],
           ["gpt_ds.train"], ["gpt_ds.export_card"], ["gpt_ds.export", "gpt_ds.evaluate", "gpt_ds.finetune",
-                                                       "gpt_ds.plot", "gpt_ds.config_cmd"], ["gpt_ds.demo"],
+                                                       "gpt_ds.plot", "gpt_ds.config_cmd"],
           ["gpt_ds.cli"]]
 
 
@@ -90,6 +90,15 @@ def test_every_import_points_down_the_layers():
     upward = [f"{a} -> {b}" for a, deps in g.items() for b in deps
               if package(a) in rank and package(b) in rank and rank[package(b)] > rank[package(a)]]
     assert upward == []
+
+
+def test_the_library_never_imports_the_demo():
+    """demo/ (make demo, the real-text extractors the benches share) sits above the library and ships outside it."""
+    found = [f"{p.relative_to(ROOT.parent)}: {getattr(node, 'module', None) or node.names[0].name}"
+             for p in ROOT.rglob("*.py") for node in ast.walk(ast.parse(p.read_text()))
+             if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "demo")
+             or (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "demo" for a in node.names))]
+    assert found == []
 
 
 def test_the_checker_sees_a_cycle():

@@ -34,7 +34,7 @@ def gpt_ds(*args: str, capture: bool = False) -> str:
 
 def corpus() -> tuple[list[Path], list[str]]:
     """The news articles (DATA.md); the last file's articles are held out of training."""
-    from gpt_ds.data.corpora import news_articles
+    from demo.corpora import news_articles
     files = news_articles(RUN / "corpus")
     held = [d for d in files[-1].read_text().split("\n\n") if d.strip()][:HELD_OUT]
     return files[:-1], held
@@ -86,7 +86,7 @@ def show_examples(export_dir: Path, held_texts: list[str]) -> None:
 def downstream(export_dir: Path, rows: int) -> dict:
     """`gpt-ds finetune` on a labeled task, pretrained vs random init, same recipe and seeds: what a downstream team
     gets from the checkpoint."""
-    from gpt_ds.data.corpora import labeled_task
+    from demo.corpora import labeled_task
     paths = labeled_task(TASK, RUN / "tasks")
     common = ["--train", str(paths["train"]), "--validation", str(paths["validation"]), "--test", str(paths["test"]),
               "--seeds", str(FT_SEEDS), "--no-save", "--train-rows", str(rows)]
