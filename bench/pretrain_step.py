@@ -31,8 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _ours(preset: str, args, run_dir: str, kernels: str):
-    from gpt_ds.config import batch_layout, load_config
-    from gpt_ds.data.loader import StepLoader
+    from gpt_ds.config import load_config
     from gpt_ds.train.trainer import Trainer
     ds = f"ds_configs/zero{args.zero}_{args.precision}.json"
     cfg = load_config(preset, [f"train.global_batch={args.batch}", f"data.seq_len={args.seq_len}", "data.synthetic=true",
@@ -41,9 +40,7 @@ def _ours(preset: str, args, run_dir: str, kernels: str):
                                "logging.tensorboard=false", "logging.peak_tflops=1",  # the bench measures its own
                                f"model.vocab_size={args.vocab}"])
     trainer = Trainer(cfg)
-    L = batch_layout(cfg, 1)
-    loader = StepLoader(trainer.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
-                        grad_accum=L.grad_accum, world_size=1, rank=0)
+    loader = trainer.make_loader()
 
     from gpt_ds.train.metrics import StepStats
     stats = StepStats(trainer.device)  # as in Trainer.train(): diagnostics stay on the device between log steps

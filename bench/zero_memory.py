@@ -84,7 +84,6 @@ def _run(cname: str, preset: str, ckpt: bool, world: int, rank: int, tmp: str) -
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from gpt_ds.config import load_config
-    from gpt_ds.data.loader import StepLoader
     from gpt_ds.train.metrics import StepStats
     from gpt_ds.train.trainer import Trainer
     cfg = load_config("tiny", _overrides(cname, preset, ckpt, world) + [
@@ -94,9 +93,8 @@ def _run(cname: str, preset: str, ckpt: bool, world: int, rank: int, tmp: str) -
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         mark = torch.empty(MARK_BYTES, dtype=torch.uint8)  # its event's total, less its size: the bytes before
         trainer = Trainer(cfg, rank=rank, world_size=world)
-        L, eng = trainer.layout, trainer.engines
-        loader = StepLoader(trainer.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
-                            grad_accum=L.grad_accum, world_size=world, rank=rank, prefetch=0)
+        eng = trainer.engines
+        loader = trainer.make_loader()  # data.prefetch=0 above: built and masked on this thread
         stats = StepStats(trainer.device)
         for phase in PHASES:
             name, meth = phase.split(".")

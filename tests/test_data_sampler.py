@@ -135,3 +135,22 @@ def test_blending_proportions_within_sampling_error():
     bad = SyntheticDataset(10, 8, 300, seed=1)
     with pytest.raises(GptDsError, match="another tokenizer"):
         BlendedDataset([parts[0], bad], [1, 1], seed=1)
+
+
+def test_each_batch_carries_its_sample_numbers_and_the_transform_runs_in_the_prefetch_thread(synth):
+    import threading
+    seen = []
+
+    def transform(batch):
+        seen.append(threading.current_thread().name)
+        batch["first_token_sum"] = int(batch["input_ids"][:, 1].sum())
+        return batch
+
+    with StepLoader(synth, global_batch=8, micro_batch=2, grad_accum=2, world_size=2, rank=1, start_step=3,
+                    prefetch=2, transform=transform) as ld:
+        micro = ld.next_step()
+    assert [b["sample_numbers"].tolist() for b in micro] == [[26, 27], [30, 31]]  # 3*8 + a*2*2 + 1*2 + [0, 2)
+    for b in micro:
+        assert torch.equal(b["input_ids"], synth.batch(b["sample_numbers"].numpy())["input_ids"])
+        assert b["first_token_sum"] == int(b["input_ids"][:, 1].sum())
+    assert seen and set(seen) == {"gpt_ds-loader-r1"}

@@ -3,7 +3,9 @@
 Rank r at step s, micro-batch a reads global sample numbers  s*G + a*(M*W) + r*M + arange(M)  (G = global batch,
 M = micro batch, W = data-parallel world size): the ranks' slices of a step are disjoint and their union is the global
 batch [s*G, (s+1)*G), whatever W is. Batches are pure functions of the sample numbers, so prefetching never changes
-them, and resuming at step s (start_step=s) on any world size gives the same samples in the same order.
+them, and resuming at step s (start_step=s) on any world size gives the same samples in the same order. Each batch
+carries its sample numbers ("sample_numbers"), and `transform` (the trainer's masking, itself a pure function of them)
+runs in the background thread too, off the training loop's critical path.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def step_sample_numbers(step: int, micro: int, *, global_batch: int, micro_batch
 
 class StepLoader:
     def __init__(self, dataset, *, global_batch: int, micro_batch: int, grad_accum: int, world_size: int, rank: int,
-                 start_step: int = 0, prefetch: int = 2):
+                 start_step: int = 0, prefetch: int = 2, transform=None):
         if micro_batch * grad_accum * world_size != global_batch:
             raise GptDsError(f"global batch {global_batch} != micro batch {micro_batch} x grad_accum {grad_accum} x "
                              f"{world_size} ranks; fix train.global_batch / train.micro_batch / train.grad_accum")
@@ -32,7 +34,7 @@ class StepLoader:
             raise GptDsError(f"rank {rank} is outside the world size {world_size}")
         if start_step < 0:
             raise GptDsError(f"start step {start_step} must be >= 0")
-        self.dataset = dataset
+        self.dataset, self.transform = dataset, transform
         self.G, self.M, self.A, self.W, self.rank = global_batch, micro_batch, grad_accum, world_size, rank
         self.step = start_step          # the step next_step() returns next
         self.prefetch = max(0, int(prefetch))
@@ -49,8 +51,13 @@ class StepLoader:
         return [step_sample_numbers(step, a, global_batch=self.G, micro_batch=self.M, world_size=self.W,
                                     rank=self.rank) for a in range(self.A)]
 
-    def build(self, step: int) -> list[dict[str, torch.Tensor]]:
-        return [self.dataset.batch(n) for n in self.sample_numbers(step)]
+    def build(self, step: int) -> list[dict]:
+        out = []
+        for numbers in self.sample_numbers(step):
+            batch = self.dataset.batch(numbers)
+            batch["sample_numbers"] = torch.from_numpy(numbers)
+            out.append(self.transform(batch) if self.transform is not None else batch)
+        return out
 
     def _produce(self, step: int) -> None:
         while not self._stop.is_set():
@@ -68,7 +75,7 @@ class StepLoader:
                 return
             step += 1
 
-    def next_step(self) -> list[dict[str, torch.Tensor]]:
+    def next_step(self) -> list[dict]:
         """The grad_accum micro-batches of this rank for the next step."""
         if self._thread is None:
             out = self.build(self.step)

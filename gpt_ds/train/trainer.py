@@ -19,7 +19,7 @@ from gpt_ds import __version__
 from gpt_ds.checkpoint.compat import check_resume_compatible
 from gpt_ds.config import Config, batch_layout, dump_config
 from gpt_ds.data import open_dataset
-from gpt_ds.data.loader import StepLoader, step_sample_numbers
+from gpt_ds.data.loader import StepLoader
 from gpt_ds.dist.agree import once_across_ranks
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
@@ -136,25 +136,28 @@ class Trainer:
         return path
 
     # ---------------------------------------------------------------------------------------------------- one step
-    def _mask(self, batch: dict, sample_numbers: torch.Tensor):
+    def mask(self, batch: dict) -> dict:
+        """The loader's transform (its background thread): the batch's MaskedBatch under "masked"."""
         o, ds = self.cfg.objective, self.dataset
-        return mask_batch(batch["input_ids"], batch["attention_mask"], sample_numbers, special_ids=self.special_ids,
-                          mask_id=ds.mask_id, vocab_size=ds.vocab_size, mask_prob=o.mask_prob,
-                          mask_token_frac=o.mask_token_frac, keep_frac=o.keep_frac, random_frac=o.random_frac,
-                          seed=self.cfg.run.seed)
+        batch["masked"] = mask_batch(batch["input_ids"], batch["attention_mask"], batch["sample_numbers"],
+                                     special_ids=self.special_ids, mask_id=ds.mask_id, vocab_size=ds.vocab_size,
+                                     mask_prob=o.mask_prob, mask_token_frac=o.mask_token_frac, keep_frac=o.keep_frac,
+                                     random_frac=o.random_frac, seed=self.cfg.run.seed)
+        return batch
 
-    def _sample_numbers(self, step: int, micro: int) -> torch.Tensor:
+    def make_loader(self) -> StepLoader:
+        """This rank's masked micro-batches from the current step on (the benches use it too)."""
         L = self.layout
-        return torch.from_numpy(step_sample_numbers(step, micro, global_batch=L.global_batch,
-                                                    micro_batch=L.micro_batch, world_size=L.world_size,
-                                                    rank=self.rank))
+        return StepLoader(self.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
+                          grad_accum=L.grad_accum, world_size=L.world_size, rank=self.rank, start_step=self.step,
+                          prefetch=self.cfg.data.prefetch, transform=self.mask)
 
     def train_step(self, micro_batches: list[dict], stats: StepStats) -> None:
         """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
         L = self.layout
         gen, disc = self.engines.generator, self.engines.discriminator
         weights = loss_weights(self.cfg.objective, disc is not None)
-        masked = [self._mask(b, self._sample_numbers(self.step, a)) for a, b in enumerate(micro_batches)]
+        masked = [b["masked"] for b in micro_batches]
         counts = torch.tensor([sum(m.num_masked for m in masked),
                                sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64,
                               device=self.device)  # NCCL reduces device tensors only
@@ -164,7 +167,7 @@ class Trainer:
         factor = L.world_size * L.grad_accum  # DeepSpeed divides by both; the global normalisation undoes it
         sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
         for batch, mk in zip(micro_batches, masked):
-            dev = {k: v.to(self.device) for k, v in batch.items()}
+            dev = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
             g = gen(mk.masked_ids.to(self.device), dev["attention_mask"], dev["token_type_ids"],
                     mk.positions.to(self.device), mk.targets.to(self.device), mk.row_ids.to(self.device),
                     dev["input_ids"], sample_seed)
@@ -199,9 +202,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------- the loop
     def train(self) -> int:
         cfg, L = self.cfg, self.layout
-        loader = StepLoader(self.dataset, global_batch=L.global_batch, micro_batch=L.micro_batch,
-                            grad_accum=L.grad_accum, world_size=L.world_size, rank=self.rank, start_step=self.step,
-                            prefetch=cfg.data.prefetch)
+        loader = self.make_loader()
         logger = MetricsLogger(self.run_dir, self.rank == 0, tensorboard=cfg.logging.tensorboard,
                                progress_bar=cfg.logging.progress_bar, total_steps=cfg.train.max_steps,
                                start_step=self.step)
