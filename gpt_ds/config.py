@@ -415,14 +415,5 @@ def batch_layout(cfg: Config, world_size: int) -> BatchLayout:
     return BatchLayout(t.global_batch, micro, t.grad_accum, world_size)
 
 
-def generator_sizes(m: ModelConfig) -> dict:
-    """ELECTRA's generator: a fraction of the discriminator's width, 64-wide heads, FFN 4x hidden."""
-    hidden = max(16, int(round(m.hidden_size * m.generator_hidden_ratio)))
-    head_dim = m.hidden_size // m.num_heads
-    heads = max(1, hidden // head_dim) if hidden % head_dim == 0 else 1
-    return dict(hidden_size=hidden, num_layers=m.generator_layers or m.num_layers, num_heads=heads,
-                intermediate_size=int(round(m.intermediate_size * m.generator_hidden_ratio)))
-
-
 def dump_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

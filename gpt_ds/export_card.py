@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gpt_ds.config import Config, generator_sizes
+from gpt_ds.config import Config
+from gpt_ds.model.sizes import generator_sizes
 from gpt_ds.flops import step_flops
 
 ROLE = {

@@ -7,7 +7,8 @@ lookups are left out, as they are a rounding error at these sizes.
 """
 from __future__ import annotations
 
-from gpt_ds.config import Config, generator_sizes
+from gpt_ds.config import Config
+from gpt_ds.model.sizes import generator_sizes
 
 
 def attention_flops(tokens: int, seq_len: int, hidden: int, layers: int) -> float:

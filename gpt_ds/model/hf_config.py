@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from transformers import ElectraConfig
 
-from gpt_ds.config import Config, generator_sizes
+from gpt_ds.config import Config
+from gpt_ds.model.sizes import generator_sizes
 
 
 def _electra_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,

@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from gpt_ds.config import BatchLayout, Config, ConfigError, batch_layout, generator_sizes, load_config
+from gpt_ds.config import BatchLayout, Config, ConfigError, batch_layout, load_config
+from gpt_ds.model.sizes import generator_sizes
 
 
 def engines_of(cfg: Config) -> tuple[str, ...]:

@@ -88,7 +88,7 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
 def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
     """The engines gpt_ds builds: the generator (ElectraForMaskedLM) and, for ELECTRA, the discriminator
     (ElectraForPreTraining; under GDES its word/position tables hold the zero-initialised deltas, same shapes)."""
-    from gpt_ds.config import generator_sizes
+    from gpt_ds.model.sizes import generator_sizes
     m = cfg.model
     v = vocab or vocab_size(cfg)
     specs = []
