@@ -1,4 +1,5 @@
 """End to end through the CLI on CPU: 2-rank ZeRO-3, rank/stage invariance, exact resume, export parity, bad input."""
+import contextlib
 import json
 import os
 import subprocess
@@ -345,17 +346,15 @@ def test_a_save_on_a_full_disk_names_the_cause_and_leaves_no_partial_folder(tmp_
     assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_0000003"]  # no step_0000006.tmp left behind
 
 
-@pytest.fixture
-def small_disk(full_run, tmp_path):
-    """A real file system with room for full_run's first checkpoint and half of its second (root: CI runs so)."""
-    def pages(p: Path) -> int:
-        return -(-p.stat().st_size // 4096) * 4096
-    step6 = full_run / "checkpoints" / "step_0000006"
-    upto3 = sum(pages(p) for p in full_run.rglob("*") if p.is_file() and step6 not in p.parents)
-    size = upto3 + sum(pages(p) for p in step6.rglob("*") if p.is_file()) // 2
-    mnt = tmp_path / "disk"
+def _pages(p: Path) -> int:
+    return -(-p.stat().st_size // 4096) * 4096
+
+
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: int, options: str = ""):
+    """A real file system of `size` bytes (mounting needs root: CI here runs as root)."""
     mnt.mkdir()
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 1024}k", "tmpfs", str(mnt)],
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={max(4, size // 1024)}k{options}", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if p.returncode != 0:
         pytest.skip(f"mounting a tmpfs needs root (CI here has it): {p.stderr.strip()}")
@@ -363,6 +362,35 @@ def small_disk(full_run, tmp_path):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(full_run, tmp_path):
+    """Room for full_run's first checkpoint and half of its second."""
+    step6 = full_run / "checkpoints" / "step_0000006"
+    upto3 = sum(_pages(p) for p in full_run.rglob("*") if p.is_file() and step6 not in p.parents)
+    with _tmpfs(tmp_path / "disk", upto3 + sum(_pages(p) for p in step6.rglob("*") if p.is_file()) // 2) as mnt:
+        yield mnt
+
+
+def test_the_checkpoint_size_estimate_is_close_to_a_real_step(full_run):
+    from gpt_ds.config import load_config
+    from gpt_ds.zero.check import checkpoint_bytes
+    real = sum(p.stat().st_size for p in (full_run / "checkpoints" / "step_0000003").rglob("*") if p.is_file())
+    estimate = checkpoint_bytes(load_config("tiny", FAST))
+    assert 0.8 <= estimate / real <= 1.25, (estimate, real)
+
+
+def test_a_run_dir_without_room_or_write_access_is_refused_before_launch(full_run, tmp_path):
+    one_step = sum(_pages(p) for p in (full_run / "checkpoints" / "step_0000003").rglob("*") if p.is_file())
+    with _tmpfs(tmp_path / "small", one_step // 4) as small, _tmpfs(tmp_path / "ro", 1 << 20, ",ro") as ro:
+        for run_dir, needle in ((small / "run", "MiB free on its file system, one checkpoint needs about"),
+                                (ro / "a" / "run", f"cannot write in {ro}")):
+            p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={run_dir}", "--nproc", "2", check=False, timeout=60)
+            assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+            assert "cannot start" in p.stderr and not run_dir.exists()
+            p = gpt_ds("check", "tiny", *FAST, f"run.dir={run_dir}", check=False, timeout=60)
+            assert p.returncode == 1 and needle in p.stdout, p.stdout
 
 
 def test_a_full_disk_stops_the_run_with_the_cause_and_the_run_resumes_exactly_once_there_is_room(small_disk):

@@ -85,7 +85,44 @@ def check_report(cfg: Config, world_size: int) -> tuple[list[str], list[str]]:
         _, err = parse_with_deepspeed(strip_unknown(resolved), world_size)
         if err is not None:
             add([f"{where}: DeepSpeed refuses it: {_deepspeed_message(err)}"], problems)
+    try:
+        problems.extend(run_dir_problems(cfg))
+    except ConfigError as e:  # the tokenizer named for the vocabulary size could not be read
+        problems.append(str(e))
     return _merge_engines(problems), _merge_engines(notes)
+
+
+def checkpoint_bytes(cfg: Config) -> int:
+    """About what one step folder takes: every parameter in the training precision, plus Adam's fp32 master copy
+    (when training in 16 bits) and two moments, for both towers; 5% for the rest (RNG, state, manifest)."""
+    from gpt_ds.zero.sizes import ASSUMED_VOCAB, towers, vocab_size
+    per_param = 4 + 8 if cfg.train.precision == "fp32" else 2 + 12
+    params = sum(t.params for t in towers(cfg, vocab_size(cfg, default=ASSUMED_VOCAB)))
+    return int(params * per_param * 1.05)
+
+
+def run_dir_problems(cfg: Config) -> list[str]:
+    """run.dir must take files, with room for one more checkpoint (a save writes the new step before it prunes)."""
+    import os
+    import shutil
+    import tempfile
+    run_dir = cfg.run_dir.resolve()
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gpt_ds-write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return [f"run.dir {run_dir}: cannot write in {existing} ({e.strerror or e}); point run.dir at a writable "
+                f"folder"]
+    need, free = checkpoint_bytes(cfg), shutil.disk_usage(existing).free
+    if free < need:
+        return [f"run.dir {run_dir}: {free / 2**20:.1f} MiB free on its file system, one checkpoint needs about "
+                f"{need / 2**20:.1f} MiB ({cfg.train.precision} weights and Adam states of both towers); free space "
+                f"or point run.dir at a larger file system"]
+    return []
 
 
 def _merge_engines(items: list[str]) -> list[str]:
