@@ -127,6 +127,10 @@ class TrainConfig:
     # recompute each encoder layer in the backward instead of keeping its activations (gpt-ds estimate says when)
     activation_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # a rank stuck this long in one step or save says so, and gives up (exit 3) after the timeout: a stopped or lost
+    # peer would otherwise hold every rank in a collective; 0 turns either off (gpt_ds/dist/watchdog.py)
+    watchdog_warn_s: float = 60.0
+    watchdog_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -358,6 +362,9 @@ def validate(cfg: Config) -> None:
     op = cfg.optim
     if not (math.isfinite(op.lr) and op.lr > 0):
         problems.append(f"optim.lr = {op.lr} must be a finite number > 0")
+    for key in ("watchdog_warn_s", "watchdog_timeout_s"):
+        if not getattr(t, key) >= 0:
+            problems.append(f"train.{key} = {getattr(t, key)} must be >= 0 (0: off)")
     if op.warmup_steps < 0:
         problems.append(f"optim.warmup_steps = {op.warmup_steps} must be >= 0")
     if not (math.isfinite(op.weight_decay) and op.weight_decay >= 0):

@@ -46,3 +46,33 @@ def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_
     os.utime(old, (time.time() - STALE_LOCK_S - 60,) * 2)
     assert clear_stale_build_locks() == [str(old)]
     assert not old.exists() and live.exists()
+
+
+def test_a_wait_on_another_builds_lock_is_reported_then_given_up(tmp_path):
+    """torch waits on a build lock without a word or a limit; the watchdog names the lock, then stops the process."""
+    name = f"gpt_ds_cpu_ops_{torch.backends.cpu.get_cpu_capability().lower()}"
+    lock = tmp_path / name / "lock"
+    lock.parent.mkdir()
+    lock.write_text("")  # fresh: a live build elsewhere, as far as anyone can tell
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), GPT_DS_BUILD_WARN_S="1", GPT_DS_BUILD_TIMEOUT_S="4")
+    p = subprocess.run([sys.executable, "-c", "from gpt_ds.kernels import cpu_ext; cpu_ext.ops()"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert f"({name}) has taken 1 s so far; another process holds {lock}" in p.stderr, p.stderr[-2000:]
+    assert f"has not finished after 4 s (limit 4 s" in p.stderr and "giving up with exit code 3" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_the_watchdog_is_quiet_while_things_move():
+    import io
+    import time
+    from contextlib import redirect_stderr
+    from gpt_ds.watchdog import Watchdog
+    err = io.StringIO()
+    with redirect_stderr(err), Watchdog(0, warn_s=0.5, timeout_s=60, poll_s=0.05) as wd:
+        for i in range(10):  # each phase shorter than the warning
+            wd.enter(f"step {i}")
+            time.sleep(0.1)
+        wd.enter("the slow one")
+        time.sleep(0.8)
+    assert err.getvalue().count("gpt_ds: rank 0: the slow one has taken") == 1 and "step" not in err.getvalue()

@@ -16,11 +16,11 @@ from test_train import FAST, ROOT, gpt_ds, metrics
 LONG = [*FAST, "train.max_steps=100000", "checkpoint.every=100000"]
 
 
-def _start(run: Path, own_group: bool = False) -> subprocess.Popen:
+def _start(run: Path, own_group: bool = False, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_PROCID"):
         env.pop(k, None)
-    return subprocess.Popen([sys.executable, "-m", "gpt_ds.cli", "pretrain", "tiny", *LONG, f"run.dir={run}",
+    return subprocess.Popen([sys.executable, "-m", "gpt_ds.cli", "pretrain", "tiny", *LONG, f"run.dir={run}", *extra,
                              "--nproc", "2"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=own_group)
 
@@ -87,3 +87,26 @@ def test_a_rank_killed_by_a_signal_gives_128_plus_n_and_ctrl_c_no_traceback(tmp_
     assert launcher.returncode == 128 + signal.SIGINT, (launcher.returncode, err[-2000:])
     assert "Traceback" not in err and "interrupted (SIGINT); checkpoint at step" in err, err[-3000:]
     assert list((run2 / "checkpoints").glob("step_*/manifest.json"))
+
+
+def test_a_stopped_rank_makes_the_other_say_so_then_give_up_and_the_launcher_ends_the_job(tmp_path):
+    """SIGSTOP stands for a swapped-out process or a dead node: the other rank waits in a collective."""
+    import re
+    run = tmp_path / "run"
+    launcher = _start(run, False, "train.watchdog_warn_s=3", "train.watchdog_timeout_s=15")
+    try:
+        _wait_for_steps(run, launcher)
+        stopped = _ranks(launcher.pid)[1]
+        stopped.suspend()
+        t0 = time.time()
+        _, err = launcher.communicate(timeout=120)
+        took = time.time() - t0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 3, err[-3000:]
+    waiting = r"rank [01]: step \d+ has taken [3-9] s so far; waiting for another rank in a collective\?"
+    assert re.search(waiting, err), err[-3000:]
+    assert re.search(r"rank [01]: step \d+ has not finished after 1[5-9] s .*giving up with exit code 3", err)
+    assert "Traceback" not in err and took < 15 + 15 + 20, took  # timeout, then TERM, then KILL of the stopped rank
+    assert not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE

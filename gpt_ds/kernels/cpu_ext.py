@@ -81,10 +81,22 @@ def _build():
     if shutil.which("ninja") is None and os.path.exists(os.path.join(bindir, "ninja")):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import _get_build_directory, load
+
+        from gpt_ds.watchdog import Watchdog
         src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cpp")
-        return load(name=f"gpt_ds_cpu_ops_{cap.lower()}", sources=[src], verbose=False,
-                    extra_cflags=[*_COMMON, *_FLAGS.get(cap, [])], extra_ldflags=["-fopenmp"])
+        name = f"gpt_ds_cpu_ops_{cap.lower()}"
+        lock = os.path.join(_get_build_directory(name, False), "lock")
+        # torch waits on another build's lock without a word or a limit: say so after a minute, stop after the age
+        # at which a lock counts as stale (the next start removes it)
+        with Watchdog(int(os.environ.get("RANK", "0")), float(os.environ.get("GPT_DS_BUILD_WARN_S", 60)),
+                      float(os.environ.get("GPT_DS_BUILD_TIMEOUT_S", STALE_LOCK_S + 60))) as watchdog:
+            watchdog.enter(f"building or loading the C++ CPU kernels ({name})",
+                           why=f"another process holds {lock} (building them, or killed while it did: a lock "
+                               f"{STALE_LOCK_S // 60} minutes old is removed at the next start; remove it by hand if "
+                               f"no build is running, or set GPT_DS_CPU_EXT=0)")
+            return load(name=name, sources=[src], verbose=False,
+                        extra_cflags=[*_COMMON, *_FLAGS.get(cap, [])], extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the plain PyTorch paths still work
         log.warning("gpt_ds: the fused CPU kernels could not be built (%s: %s); CPU training uses the slower plain "
                     "PyTorch paths. Install a C++ compiler (g++) and ninja, or set GPT_DS_CPU_EXT=0 to silence this.",

@@ -64,6 +64,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+KILL_AFTER_S = 15  # after one rank failed and the others got TERM: then KILL
+
+
 def spawn_local(argv: list[str], nproc: int) -> int:
     """Start nproc ranks of this same command; forward USR1/TERM/INT; stop the rest when one fails."""
     port = _free_port()
@@ -85,14 +88,20 @@ def spawn_local(argv: list[str], nproc: int) -> int:
     old = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
     try:
         codes: dict[int, int] = {}
+        failed_at = None
         while len(codes) < nproc:
             for i, p in enumerate(procs):
                 if i not in codes and p.poll() is not None:
                     codes[i] = p.returncode
-                    if p.returncode not in (0,) and not _is_requeue(p.returncode):
+                    if p.returncode not in (0,) and not _is_requeue(p.returncode) and failed_at is None:
+                        failed_at = time.monotonic()
                         for q in procs:  # one rank failed: the others would wait forever in a collective
                             if q.poll() is None:
                                 q.terminate()
+            if failed_at is not None and time.monotonic() - failed_at > KILL_AFTER_S:
+                for q in procs:  # a stopped (SIGSTOP) or wedged rank never acts on TERM
+                    if q.poll() is None:
+                        q.kill()
             time.sleep(0.2)
     finally:
         for s, h in old.items():

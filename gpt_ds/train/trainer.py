@@ -20,6 +20,7 @@ from gpt_ds.checkpoint.compat import check_resume_compatible
 from gpt_ds.config import Config, batch_layout, dump_config
 from gpt_ds.data import open_dataset
 from gpt_ds.data.loader import StepLoader
+from gpt_ds.watchdog import Watchdog
 from gpt_ds.dist.agree import once_across_ranks
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
@@ -207,6 +208,7 @@ class Trainer:
                                progress_bar=cfg.logging.progress_bar, total_steps=cfg.train.max_steps,
                                start_step=self.step)
         self.preemption.install()
+        watchdog = Watchdog(self.rank, cfg.train.watchdog_warn_s, cfg.train.watchdog_timeout_s).start()
         if self.rng_state is not None:
             torch.set_rng_state(self.rng_state)
         exit_code = 0
@@ -214,6 +216,7 @@ class Trainer:
         try:
             stats = StepStats(self.device)
             for self.step in range(self.step, cfg.train.max_steps):
+                watchdog.enter(f"step {self.step + 1}")
                 self.train_step(loader.next_step(), stats)
                 self.step += 1
                 steps_since += 1
@@ -230,6 +233,7 @@ class Trainer:
                     logger.log(self.step, record)
                     t_last, steps_since = time.perf_counter(), 0
                 if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.max_steps:
+                    watchdog.enter(f"saving the checkpoint of step {self.step}")
                     self.save()
                 if self.step == cfg.train.stop_at:
                     if self.step % cfg.checkpoint.every != 0:
@@ -247,6 +251,7 @@ class Trainer:
                               f"{' for requeue' if exit_code == REQUEUE_EXIT_CODE else ''}", file=sys.stderr, flush=True)
                     break
         finally:
+            watchdog.stop()
             loader.close()
             logger.close()
             self.preemption.uninstall()
