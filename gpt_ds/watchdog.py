@@ -66,5 +66,12 @@ class Watchdog:
         self.stop()
 
 
+def peer_lost(e: BaseException) -> bool:
+    """A collective that failed because another rank died (gloo's and NCCL's wording), not because of this rank."""
+    text = str(e)
+    return any(k in text for k in ("Connection closed by peer", "Connection reset by peer", "remote worker",
+                                   "NCCL communicator was aborted", "Broken pipe"))
+
+
 def _say(msg: str) -> None:
     print(f"gpt_ds: {msg}", file=sys.stderr, flush=True)

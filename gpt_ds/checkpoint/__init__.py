@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gpt_ds import faults
 from gpt_ds.errors import GptDsError
+from gpt_ds.watchdog import peer_lost
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
@@ -188,39 +190,54 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
         rng_dir = tmp / "rng"
         rng_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"torch": torch.get_rng_state()}, rng_dir / f"rank_{rank:05d}.pt")
+        faults.point("save.engines_written", step, rank)
+        _barrier()
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError from its C++ writer
         raise _save_failed(ckpt_dir, tmp, final, rank, e) from None
-    _barrier()
     if rank == 0:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
         stages = {name: int(e.zero_optimization_stage()) for name, e in
                   (("generator", engines.generator), ("discriminator", engines.discriminator)) if e is not None}
         write_manifest(tmp, state, stages)
+        faults.point("save.manifest_written", step, rank)
         if final.exists():  # a re-save of the same step (e.g. preemption right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        faults.point("save.renamed", step, rank)
         _write_atomic(ckpt_dir / "latest", final.name + "\n")
         for _, old in complete_steps(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+        faults.point("save.pruned", step, rank)
+    try:
+        _barrier()
+    except RuntimeError as e:
+        raise _save_failed(ckpt_dir, None, final, rank, e) from None
     return final
 
 
-def _save_failed(ckpt_dir: Path, tmp: Path, final: Path, rank: int, e: Exception) -> GptDsError:
+def _save_failed(ckpt_dir: Path, tmp: Path | None, final: Path, rank: int, e: Exception) -> GptDsError:
     """A save that cannot finish: remove the partial folder (it would fill the disk again) and say why, where, and
     what is still there to resume from."""
     import errno
+    if peer_lost(e):  # the dead rank's own exit code tells the story; this one must not blame the disk
+        if tmp is not None and rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return GptDsError(f"rank {rank}: saving checkpoint {final.name} stopped: another rank failed during the save "
+                          f"(the launcher names it); --resume auto takes the newest step that verifies",
+                          quiet=rank != 0)
     try:
         free = shutil.disk_usage(ckpt_dir).free
     except OSError:
         free = None
     full = getattr(e, "errno", None) == errno.ENOSPC or "No space" in str(e) or "write failed" in str(e) or \
         (free is not None and free < (64 << 20))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     previous = complete_steps(ckpt_dir)
     why = (f"no space left on the device ({free / (1 << 20):.0f} MiB free)" if full and free is not None else
            "no space left on the device" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return GptDsError(f"rank {rank}: saving checkpoint {final} failed: {why}. The partial {tmp.name} was removed; "
+    return GptDsError(f"rank {rank}: saving checkpoint {final} failed: {why}. "
+                      + (f"The partial {tmp.name} was removed; " if tmp is not None else "")
                       + (f"the previous checkpoint {previous[-1][1].name} is intact (--resume auto takes it). "
                          if previous else "no earlier checkpoint exists. ")
                       + "Free space or point run.dir at a writable file system, then resume.")

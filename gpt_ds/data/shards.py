@@ -120,7 +120,10 @@ class ShardWriter:
             self._f.close()
             self._tmp.unlink(missing_ok=True)
         if not self.shards:
-            raise GptDsError("the inputs hold no document with any token (all empty?); nothing to store")
+            names = [src["path"] for src in self.sources]
+            empty = sum(src["empty_documents"] for src in self.sources)
+            raise GptDsError(f"{', '.join(names[:3])}{f' (+{len(names) - 3} more)' if len(names) > 3 else ''}: no "
+                             f"document with any token ({empty} empty document(s) skipped); nothing to store")
         self._save_progress()
 
     def skipped(self) -> dict:

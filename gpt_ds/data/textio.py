@@ -79,7 +79,8 @@ def chunks(path: Path) -> Iterator[bytes]:
 
 def _refuse_binary(path: Path, head: bytes) -> None:
     if b"\x00" in head:
-        raise GptDsError(f"{path}: looks like a binary file (NUL bytes), not text; remove it from the inputs")
+        raise GptDsError(f"{path}: looks like a binary file (NUL bytes; UTF-16 or UTF-32 text? convert it to "
+                         f"UTF-8), not text; remove it from the inputs")
     bad = len(head) - len(head.decode("utf-8", errors="ignore").encode("utf-8"))
     if len(head) >= 64 and bad > 0.3 * len(head):
         raise GptDsError(f"{path}: looks like a binary file ({bad} of the first {len(head)} bytes are not UTF-8); "

@@ -88,16 +88,27 @@ def spawn_local(argv: list[str], nproc: int) -> int:
     old = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
     try:
         codes: dict[int, int] = {}
-        failed_at = None
+        failed_at, cause = None, None
         while len(codes) < nproc:
+            new_bad = []
             for i, p in enumerate(procs):
                 if i not in codes and p.poll() is not None:
                     codes[i] = p.returncode
-                    if p.returncode not in (0,) and not _is_requeue(p.returncode) and failed_at is None:
-                        failed_at = time.monotonic()
-                        for q in procs:  # one rank failed: the others would wait forever in a collective
-                            if q.poll() is None:
-                                q.terminate()
+                    if p.returncode < 0 and failed_at is None:  # the cause, not a rank stopped after it
+                        name = signal.Signals(-p.returncode).name if -p.returncode in signal.valid_signals() \
+                            else f"signal {-p.returncode}"
+                        print(f"gpt_ds: rank {i} was killed by {name} (exit {128 - p.returncode})"
+                              + ("; stopping the other ranks" if len(codes) < nproc else ""), file=sys.stderr,
+                              flush=True)
+                    if p.returncode != 0 and not _is_requeue(p.returncode):
+                        new_bad.append(p.returncode)
+            if new_bad and failed_at is None:
+                # the first failure is the cause; of two seen together, a rank killed by a signal is (a collective
+                # with a dead peer fails on the survivors)
+                failed_at, cause = time.monotonic(), min(new_bad, key=lambda c: c >= 0)
+                for q in procs:  # the others would wait forever in a collective
+                    if q.poll() is None:
+                        q.terminate()
             if failed_at is not None and time.monotonic() - failed_at > KILL_AFTER_S:
                 for q in procs:  # a stopped (SIGSTOP) or wedged rank never acts on TERM
                     if q.poll() is None:
@@ -107,11 +118,9 @@ def spawn_local(argv: list[str], nproc: int) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     # a rank killed by signal N reports -N; the shell convention (and docs/slurm.md) is 128+N
-    codes = {i: 128 - c if c < 0 else c for i, c in codes.items()}
-    bad = [c for c in codes.values() if c != 0 and not _is_requeue(c)]
-    if bad:
-        return bad[0]
-    return max(codes.values())
+    if cause is not None:
+        return 128 - cause if cause < 0 else cause
+    return max(128 - c if c < 0 else c for c in codes.values())
 
 
 def _term_when_parent_dies(launcher_pid: int) -> None:
@@ -199,6 +208,16 @@ def train_rank(cfg: Config, env, resume: str) -> int:
             print(f"gpt-ds pretrain: error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(2)
+    except RuntimeError as e:
+        from gpt_ds.watchdog import HUNG_EXIT_CODE, peer_lost
+        if env.world_size == 1 or not peer_lost(e):
+            raise
+        # another rank died (killed, OOM, a lost node): its launcher or srun names it; a traceback from inside the
+        # collective would only bury that. Leave as the watchdog does for a silent peer.
+        print(f"gpt_ds: rank {env.rank}: another rank is gone (a collective failed: "
+              f"{str(e).splitlines()[0].split('] ')[-1].split('. ')[0][:120]}); stopping with exit code {HUNG_EXIT_CODE}. "
+              f"--resume auto continues from the last checkpoint", file=sys.stderr, flush=True)
+        os._exit(HUNG_EXIT_CODE)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
