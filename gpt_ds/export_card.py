@@ -3,12 +3,12 @@ tokens, steps, FLOPs, the last logged metrics) and how to load and fine-tune it,
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gpt_ds.config import Config
 from gpt_ds.model.sizes import generator_sizes
 from gpt_ds.flops import step_flops
+from gpt_ds.train.metrics_file import read_rows
 
 ROLE = {
     "discriminator": ("ElectraForPreTraining", "The ELECTRA discriminator: replaced-token detection on every token. "
@@ -21,19 +21,9 @@ ROLE = {
 
 
 def last_metrics(run_dir: Path, step: int) -> dict:
-    """The last logged training metrics at or before `step` (metrics.jsonl), or {} when the run folder has none."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return {}
-    best: dict = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "gen_loss" in row and row.get("step", 0) <= step and row.get("step", 0) >= best.get("step", -1):
-            best = row
-    return best
+    """The last logged training metrics at or before `step`, or {} when the run folder has none."""
+    rows = [r for r in read_rows(run_dir, strict=False) if r.get("step", 0) <= step]
+    return max(rows, key=lambda r: r.get("step", 0), default={})
 
 
 def _fmt(x, digits=4) -> str:

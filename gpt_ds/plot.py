@@ -8,11 +8,11 @@ so two recipes or a run and its resume can be compared at a glance. matplotlib (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from gpt_ds.errors import GptDsError
+from gpt_ds.train.metrics_file import NAME, read_rows
 
 PANELS = (("loss", "total loss", None), ("gen_loss", "generator MLM loss", None),
           ("gen_acc", "masked-token accuracy", None), ("disc_loss", "RTD loss (dashed: prior)", "disc_loss_prior"),
@@ -28,19 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise GptDsError(f"{run_dir}: no metrics.jsonl (is it a run folder? `gpt-ds pretrain` writes one there)")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise GptDsError(f"{path}, line {n}: not JSON") from None
-        if "gen_loss" in row:  # training rows (other events may share the file)
-            rows.append(row)
+    rows = read_rows(run_dir)
     if not rows:
-        raise GptDsError(f"{path}: no training rows yet")
+        raise GptDsError(f"{run_dir / NAME}: no training rows yet")
     return rows
 
 

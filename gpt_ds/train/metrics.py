@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from gpt_ds.train.metrics_file import NAME, drop_rows_after
+
 AUC_BINS = 512
 
 
@@ -109,30 +111,6 @@ def progress_line(step: int, total: int, record: dict, elapsed: float, steps_per
     return " ".join(parts)
 
 
-def drop_rows_after(path: Path, step: int) -> int:
-    """Steps logged after the checkpoint a run resumes from are run again: their old rows go (written aside, then
-    renamed), so metrics.jsonl never holds a step twice. Returns the number of rows dropped."""
-    if not path.is_file():
-        return 0
-    keep, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            later = json.loads(line).get("step", 0) > step
-        except (json.JSONDecodeError, AttributeError):
-            later = False  # a line it cannot read is kept as it is, not judged
-        if later:
-            dropped += 1
-        else:
-            keep.append(line)
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        tmp.replace(path)
-        print(f"gpt_ds: {path}: dropped {dropped} row(s) logged after step {step}; those steps run again",
-              file=sys.stderr, flush=True)
-    return dropped
-
-
 class MetricsLogger:
     """Rank 0 only writes; other ranks hold a no-op logger."""
 
@@ -145,8 +123,8 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        drop_rows_after(run_dir / "metrics.jsonl", start_step)
-        self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        drop_rows_after(run_dir / NAME, start_step)
+        self.file = open(run_dir / NAME, "a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
