@@ -136,3 +136,21 @@ def test_gpu_binding_one_visible_gpu_per_task_or_one_per_local_rank():
     assert cuda_device_for(3, 4, 4) == 3 and cuda_device_for(1, 8, 4) == 1  # tasks share the node's GPUs
     with pytest.raises(GptDsError, match="local rank 3 of 4 sees 2 GPU"):
         cuda_device_for(3, 2, 4)
+
+
+def test_rank0_decides_runs_on_rank_0_only_and_shares_its_error():
+    import pytest
+
+    from gpt_ds.dist.agree import rank0_decides
+    from gpt_ds.errors import GptDsError
+    calls = []
+    assert rank0_decides(lambda: calls.append(0) or "step_0000006", rank=0, world_size=1) == "step_0000006"
+    assert rank0_decides(lambda: calls.append(1), rank=1, world_size=1) is None and calls == [0]  # no group: no answer
+
+    def broken():
+        raise GptDsError("checkpoints: none usable")
+    with pytest.raises(GptDsError, match="none usable") as err:
+        rank0_decides(broken, rank=0, world_size=1)
+    assert not err.value.quiet
+    with pytest.raises(ZeroDivisionError):  # a bug is not turned into a user message on rank 0
+        rank0_decides(lambda: 1 / 0, rank=0, world_size=1)

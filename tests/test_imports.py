@@ -8,8 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "gpt_ds"
 # lower first; a package may import itself and anything listed before it
-LAYERS = [["gpt_ds.errors", "gpt_ds.config", "gpt_ds.watchdog", "gpt_ds.faults"], ["gpt_ds.data"], ["gpt_ds.kernels"], ["gpt_ds.model"],
-          ["gpt_ds.ds_config", "gpt_ds.flops"], ["gpt_ds.checkpoint"], ["gpt_ds.zero"], ["gpt_ds.dist"],
+LAYERS = [["gpt_ds.errors", "gpt_ds.config", "gpt_ds.watchdog", "gpt_ds.faults"], ["gpt_ds.dist"], ["gpt_ds.data"], ["gpt_ds.kernels"], ["gpt_ds.model"],
+          ["gpt_ds.ds_config", "gpt_ds.flops"], ["gpt_ds.checkpoint"], ["gpt_ds.zero"],
           ["gpt_ds.train"], ["gpt_ds.export_card"], ["gpt_ds.export", "gpt_ds.evaluate", "gpt_ds.finetune",
                                                        "gpt_ds.plot", "gpt_ds.config_cmd"],
           ["gpt_ds.cli"]]

@@ -166,27 +166,24 @@ def _universal_load(engine):
 
 def prepare(step_dir: Path, engines: dict, world_size: int, rank: int) -> dict[str, str]:
     """Every rank: the plan per engine; rank 0 converts if any engine needs it, the others wait and share its error."""
-    import torch.distributed as dist
+    from gpt_ds.dist.agree import rank0_decides
     plans = {name: plan(step_dir, name, eng.zero_optimization_stage(), world_size)
              for name, eng in engines.items() if eng is not None}
     if "universal" in plans.values():
-        error = [None]
-        if rank == 0:
+        def convert() -> None:
             t0, cached = time.perf_counter(), (step_dir / UNIVERSAL_DIR / MANIFEST).is_file()
             try:
                 out = ensure_universal(step_dir)
-                how = "made earlier" if cached else f"converted once, {time.perf_counter() - t0:.1f} s"
-                print(f"gpt_ds: {step_dir} was saved on another number of ranks; loading "
-                      f"{', '.join(n for n, h in plans.items() if h == 'universal')} from its universal copy {out} "
-                      f"({how})", file=sys.stderr, flush=True)
-            except Exception as e:  # every rank must hear of it, or they would wait in the broadcast for ever
-                error = [str(e) if isinstance(e, GptDsError) else
-                         f"checkpoint {step_dir}: making its universal copy failed ({type(e).__name__}: {e}); fix "
-                         f"that, or resume on the number of ranks it was saved on"]
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast_object_list(error, src=0)
-        if error[0] is not None:
-            raise GptDsError(error[0])
+            except GptDsError:
+                raise
+            except Exception as e:
+                raise GptDsError(f"checkpoint {step_dir}: making its universal copy failed ({type(e).__name__}: "
+                                 f"{e}); fix that, or resume on the number of ranks it was saved on") from None
+            how = "made earlier" if cached else f"converted once, {time.perf_counter() - t0:.1f} s"
+            print(f"gpt_ds: {step_dir} was saved on another number of ranks; loading "
+                  f"{', '.join(n for n, h in plans.items() if h == 'universal')} from its universal copy {out} "
+                  f"({how})", file=sys.stderr, flush=True)
+        rank0_decides(convert, rank, world_size)
     return plans
 
 

@@ -21,7 +21,7 @@ from gpt_ds.config import Config, batch_layout, dump_config
 from gpt_ds.data import open_dataset
 from gpt_ds.data.loader import StepLoader
 from gpt_ds.watchdog import Watchdog
-from gpt_ds.dist.agree import once_across_ranks
+from gpt_ds.dist.agree import once_across_ranks, rank0_decides
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
@@ -100,19 +100,8 @@ class Trainer:
     def _find_resume(self, resume: str) -> Path | None:
         """Rank 0 verifies the checkpoints and tells the others which step to load (reading every file only when the
         check before launch has not: gpt_ds.checkpoint.VERIFIED_ENV)."""
-        found: list = [None]
-        if self.rank == 0:
-            try:
-                step_dir = checkpoint.find_resume(self.ckpt_dir, resume)
-                found = [("ok", None if step_dir is None else str(step_dir))]
-            except GptDsError as e:  # every rank must hear of it, or they would wait in the broadcast for ever
-                found = [("error", str(e))]
-        if dist.is_initialized() and self.world_size > 1:
-            dist.broadcast_object_list(found, src=0)
-        kind, value = found[0]
-        if kind == "error":
-            raise GptDsError(value, quiet=self.rank != 0)  # rank 0 says it for the job
-        return None if value is None else Path(value)
+        found = rank0_decides(lambda: checkpoint.find_resume(self.ckpt_dir, resume), self.rank, self.world_size)
+        return None if found is None else Path(found)
 
     def _resume(self, step_dir: Path) -> None:
         saved = checkpoint.read_state(step_dir)
