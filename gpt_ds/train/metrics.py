@@ -19,6 +19,12 @@ from gpt_ds.train.metrics_file import NAME, drop_rows_after
 AUC_BINS = 512
 
 
+# What StepStats sums, one float64 slot each (one tensor, so the log step reduces them in one collective)
+SLOTS = ("gen_loss_sum", "masked", "gen_correct", "replaced",  # the generator, over masked positions
+         "disc_loss_sum", "tokens", "disc_correct", "true_positives", "predicted_replaced", "replaced_tokens")
+_AT = {name: i for i, name in enumerate(SLOTS)}
+
+
 class StepStats:
     """Sums over the micro-batches since the last log, kept on the device: no host sync in the training step.
 
@@ -26,25 +32,28 @@ class StepStats:
     """
 
     def __init__(self, device: torch.device | str = "cpu"):
-        self.sums = torch.zeros(10, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(len(SLOTS), dtype=torch.float64, device=device)
         self.pos_hist = torch.zeros(AUC_BINS, dtype=torch.float64, device=device)
         self.neg_hist = torch.zeros(AUC_BINS, dtype=torch.float64, device=device)
 
+    def _add(self, slot: str, value) -> None:
+        self.sums[_AT[slot]] += value
+
     def add_generator(self, loss: torch.Tensor, n_masked: int, correct: torch.Tensor, replaced: torch.Tensor) -> None:
-        self.sums[0] += loss.detach().double() * n_masked
-        self.sums[1] += n_masked
-        self.sums[2] += correct.sum()
-        self.sums[3] += replaced.sum()
+        self._add("gen_loss_sum", loss.detach().double() * n_masked)
+        self._add("masked", n_masked)
+        self._add("gen_correct", correct.sum())
+        self._add("replaced", replaced.sum())
 
     def add_discriminator(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         y = labels.bool()
         pred = logits > 0
-        self.sums[4] += loss.detach().double() * logits.numel()
-        self.sums[5] += logits.numel()
-        self.sums[6] += (pred == y).sum()
-        self.sums[7] += (pred & y).sum()  # true positives
-        self.sums[8] += pred.sum()  # predicted replaced
-        self.sums[9] += y.sum()  # actually replaced
+        self._add("disc_loss_sum", loss.detach().double() * logits.numel())
+        self._add("tokens", logits.numel())
+        self._add("disc_correct", (pred == y).sum())
+        self._add("true_positives", (pred & y).sum())
+        self._add("predicted_replaced", pred.sum())
+        self._add("replaced_tokens", y.sum())
         bins = (torch.sigmoid(logits.double()) * AUC_BINS).long().clamp(0, AUC_BINS - 1)
         self.pos_hist += torch.bincount(bins[y], minlength=AUC_BINS).double()
         self.neg_hist += torch.bincount(bins[~y], minlength=AUC_BINS).double()
@@ -54,18 +63,21 @@ class StepStats:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(packed)
         packed = packed.cpu()
-        s, pos, neg = packed[:10], packed[10:10 + AUC_BINS], packed[10 + AUC_BINS:]
+        n = len(SLOTS)
+        s = dict(zip(SLOTS, packed[:n].tolist()))
+        pos, neg = packed[n:n + AUC_BINS], packed[n + AUC_BINS:]
         out = {}
-        if s[1] > 0:
-            out["gen_loss"] = s[0].item() / s[1].item()
-            out["gen_acc"] = s[2].item() / s[1].item()
-            out["replaced_share"] = s[3].item() / s[1].item()
-        if s[5] > 0:
-            out["disc_loss"] = s[4].item() / s[5].item()
-            out["disc_acc"] = s[6].item() / s[5].item()
-            out["disc_precision"] = s[7].item() / s[8].item() if s[8] > 0 else 0.0
-            out["disc_recall"] = s[7].item() / s[9].item() if s[9] > 0 else 0.0
-            p = s[9].item() / s[5].item()
+        if s["masked"] > 0:
+            out["gen_loss"] = s["gen_loss_sum"] / s["masked"]
+            out["gen_acc"] = s["gen_correct"] / s["masked"]
+            out["replaced_share"] = s["replaced"] / s["masked"]
+        if s["tokens"] > 0:
+            out["disc_loss"] = s["disc_loss_sum"] / s["tokens"]
+            out["disc_acc"] = s["disc_correct"] / s["tokens"]
+            out["disc_precision"] = s["true_positives"] / s["predicted_replaced"] if s["predicted_replaced"] > 0 \
+                else 0.0
+            out["disc_recall"] = s["true_positives"] / s["replaced_tokens"] if s["replaced_tokens"] > 0 else 0.0
+            p = s["replaced_tokens"] / s["tokens"]
             # the RTD loss of a discriminator that only knows the replaced share
             out["disc_loss_prior"] = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
             out["disc_auc"] = histogram_auc(pos, neg)

@@ -50,13 +50,13 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.layout = batch_layout(cfg, world_size)
         self.dataset = once_across_ranks(self._open_data, rank, world_size)  # each problem once, not once per rank
-        ds = self.dataset
-        self.vocab_size = cfg.model.vocab_size or ds.vocab_size
-        self.special_ids = sorted({ds.pad_id, ds.cls_id, ds.sep_id, ds.mask_id, ds.unk_id})
+        data = self.dataset
+        self.vocab_size = cfg.model.vocab_size or data.vocab_size
+        self.special_ids = sorted({data.pad_id, data.cls_id, data.sep_id, data.mask_id, data.unk_id})
         # synthetic rows are uniform random ids: their prior is uniform already, an estimate would only add noise
         priors = cfg.model.init_output_priors and not cfg.data.synthetic
-        unigram = unigram_log_probs(ds, self.vocab_size, self.special_ids) if priors else None
-        self.engines = build_engines(cfg, self.layout, self.vocab_size, ds.pad_id, unigram)
+        unigram = unigram_log_probs(data, self.vocab_size, self.special_ids) if priors else None
+        self.engines = build_engines(cfg, self.layout, self.vocab_size, data.pad_id, unigram)
         self.device = self.engines.generator.device
         self.step = 0
         self.rng_state = None  # set right before the loop on resume: nothing in between may draw from it
@@ -66,7 +66,7 @@ class Trainer:
         if rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
-            run_files.snapshot(self.run_dir, ds.tokenizer_dir, self.engines.ds_configs)
+            run_files.snapshot(self.run_dir, data.tokenizer_dir, self.engines.ds_configs)
         self.flops = step_flops(cfg, self.vocab_size)
         peak = cfg.logging.peak_tflops * 1e12 if cfg.logging.peak_tflops > 0 else 0.0
         if peak == 0.0:  # this process's own matmul rate: MFU against what the device shows here
@@ -78,24 +78,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ resume / save
     def _state(self) -> dict:
-        ds = self.dataset
+        data = self.dataset
         return {"step": self.step, "consumed_samples": self.step * self.layout.global_batch,
                 "world_size": self.world_size, "global_batch": self.layout.global_batch,
                 "micro_batch": self.layout.micro_batch, "grad_accum": self.layout.grad_accum,
                 "config": self.cfg.to_dict(),
-                "tokenizer_fingerprint": ds.tokenizer_fingerprint, "tokenizer_dir": ds.tokenizer_dir,
-                "vocab_size": self.vocab_size, "pad_id": ds.pad_id, "mask_id": ds.mask_id, "gpt_ds_version": __version__}
+                "tokenizer_fingerprint": data.tokenizer_fingerprint, "tokenizer_dir": data.tokenizer_dir,
+                "vocab_size": self.vocab_size, "pad_id": data.pad_id, "mask_id": data.mask_id,
+                "gpt_ds_version": __version__}
 
     def _open_data(self):
-        cfg, ds = self.cfg, open_dataset(self.cfg)
-        if len(ds) < self.layout.global_batch:  # every step would repeat rows within itself: not a corpus, a typo
-            raise GptDsError(f"data.sources hold {len(ds)} rows of {cfg.data.seq_len} tokens, fewer than one global "
+        cfg, data = self.cfg, open_dataset(self.cfg)
+        if len(data) < self.layout.global_batch:  # every step would repeat rows within itself: not a corpus, a typo
+            raise GptDsError(f"data.sources hold {len(data)} rows of {cfg.data.seq_len} tokens, fewer than one global "
                              f"batch ({self.layout.global_batch}); add text, or lower train.global_batch / "
                              f"data.seq_len")
-        if 0 < cfg.model.vocab_size < ds.vocab_size:
+        if 0 < cfg.model.vocab_size < data.vocab_size:
             raise GptDsError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
-                             f"{ds.vocab_size}; set model.vocab_size=0 to take the tokenizer's")
-        return ds
+                             f"{data.vocab_size}; set model.vocab_size=0 to take the tokenizer's")
+        return data
 
     def _find_resume(self, resume: str) -> Path | None:
         """Rank 0 verifies the checkpoints and tells the others which step to load (reading every file only when the
@@ -128,9 +129,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------------- one step
     def mask(self, batch: dict) -> dict:
         """The loader's transform (its background thread): the batch's MaskedBatch under "masked"."""
-        o, ds = self.cfg.objective, self.dataset
+        o, data = self.cfg.objective, self.dataset
         batch["masked"] = mask_batch(batch["input_ids"], batch["attention_mask"], batch["sample_numbers"],
-                                     special_ids=self.special_ids, mask_id=ds.mask_id, vocab_size=ds.vocab_size,
+                                     special_ids=self.special_ids, mask_id=data.mask_id, vocab_size=data.vocab_size,
                                      mask_prob=o.mask_prob, mask_token_frac=o.mask_token_frac, keep_frac=o.keep_frac,
                                      random_frac=o.random_frac, seed=self.cfg.run.seed)
         return batch
@@ -156,22 +157,23 @@ class Trainer:
         total_masked, total_tokens = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
         factor = L.world_size * L.grad_accum  # DeepSpeed divides by both; the global normalisation undoes it
         sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
-        for batch, mk in zip(micro_batches, masked):
+        for batch, mb in zip(micro_batches, masked):
             dev = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
-            g = gen(mk.masked_ids.to(self.device), dev["attention_mask"], dev["token_type_ids"],
-                    mk.positions.to(self.device), mk.targets.to(self.device), mk.row_ids.to(self.device),
-                    dev["input_ids"], sample_seed)
-            n = mk.num_masked
-            replaced = (g.sampled != mk.targets.to(self.device))
-            stats.add_generator(g.loss, n, g.correct, replaced)
+            gen_out = gen(mb.masked_ids.to(self.device), dev["attention_mask"], dev["token_type_ids"],
+                          mb.positions.to(self.device), mb.targets.to(self.device), mb.row_ids.to(self.device),
+                          dev["input_ids"], sample_seed)
+            n_masked = mb.num_masked
+            replaced = (gen_out.sampled != mb.targets.to(self.device))
+            stats.add_generator(gen_out.loss, n_masked, gen_out.correct, replaced)
             if disc is not None:
-                labels = (g.corrupted_ids != dev["input_ids"]).long()
-                d = disc(g.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels, g.base_embeds)
-                t = d.logits.numel()
-                stats.add_discriminator(d.loss, d.logits.float(), d.labels)
-            gen.backward(g.loss * (weights["gen"] * n / total_masked * factor))
+                labels = (gen_out.corrupted_ids != dev["input_ids"]).long()
+                disc_out = disc(gen_out.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels,
+                                gen_out.base_embeds)
+                n_tokens = disc_out.logits.numel()
+                stats.add_discriminator(disc_out.loss, disc_out.logits.float(), disc_out.labels)
+            gen.backward(gen_out.loss * (weights["gen"] * n_masked / total_masked * factor))
             if disc is not None:
-                disc.backward(d.loss * (weights["disc"] * t / total_tokens * factor))
+                disc.backward(disc_out.loss * (weights["disc"] * n_tokens / total_tokens * factor))
             gen.step()
             if disc is not None:
                 disc.step()
