@@ -55,6 +55,7 @@ setup(
         "dev": ["pytest>=8", "triton>=3.0"],
         "kernels": ["triton>=3.0"],
         "plot": ["matplotlib>=3.7"],
+        "wandb": ["wandb>=0.19"],  # logging.wandb
     },
     entry_points={"console_scripts": ["gpt-ds=gpt_ds.cli:main"]},
 )

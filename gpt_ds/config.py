@@ -155,6 +155,11 @@ class LoggingConfig:
     tensorboard: bool = True
     progress_bar: bool = True
     peak_tflops: float = 0.0  # per device, for MFU in the logs; 0: measure a matmul's rate at start
+    # Weights & Biases beside metrics.jsonl and TensorBoard (needs `pip install wandb`); offline: no network, the run
+    # is written under RUN_DIR/wandb for `wandb sync` later
+    wandb: bool = False
+    wandb_project: str = "gpt_ds"
+    wandb_mode: Literal["offline", "online"] = "offline"
 
 
 @dataclass
@@ -381,6 +386,11 @@ def validate(cfg: Config) -> None:
         problems.append(f"checkpoint.every = {cfg.checkpoint.every} must be > 0 (steps between checkpoints)")
     if cfg.checkpoint.keep_last < 0:
         problems.append(f"checkpoint.keep_last = {cfg.checkpoint.keep_last} must be >= 0 (0: keep all)")
+    if cfg.logging.wandb:
+        import importlib.util
+        if importlib.util.find_spec("wandb") is None:
+            problems.append("logging.wandb is true but the wandb package is not installed: pip install wandb (or "
+                            "pip install 'gpt_ds[wandb]'), or set logging.wandb=false")
     if cfg.logging.every <= 0:
         problems.append(f"logging.every = {cfg.logging.every} must be > 0 (steps between metric records)")
     for name in ("hidden_dropout", "attention_dropout"):

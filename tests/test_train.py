@@ -435,3 +435,30 @@ def test_a_launch_reads_every_checkpoint_byte_once(tmp_path, monkeypatch):
     (s / "weights.pt").write_bytes(b"x" + b"w" * 999)  # same size, changed after the check: read again, refused
     with pytest.raises(GptDsError, match="weights.pt: checksum differs"):
         checkpoint.find_resume(ck, str(s))
+
+
+def test_wandb_logging_offline_keeps_one_run_per_run_folder(tmp_path):
+    """logging.wandb writes beside metrics.jsonl with no network; a resumed job continues the same W&B run."""
+    d = tmp_path / "run"
+    common = ["pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=4", "checkpoint.every=2",
+              "logging.wandb=true", "logging.tensorboard=false", "logging.peak_tflops=1"]
+    gpt_ds(*common, "train.stop_at=2")
+    run_id = (d / "wandb_id").read_text().strip()
+    gpt_ds(*common)
+    assert (d / "wandb_id").read_text().strip() == run_id
+    runs = sorted((d / "wandb").glob(f"offline-run-*-{run_id}"))  # one folder per job, both of the same W&B run
+    assert len(runs) == 2, sorted((d / "wandb").iterdir())
+    logged = [b"".join(p.read_bytes() for p in r.glob("*.wandb")) for r in runs]  # protobuf records, values as JSON
+    for row in metrics(d):
+        value = repr(row["gen_loss"]).encode()
+        assert (value in logged[0], value in logged[1]) == ((True, False) if row["step"] <= 2 else (False, True))
+
+
+def test_wandb_without_the_package_is_refused_before_launch(tmp_path, monkeypatch):
+    import importlib.util
+
+    from gpt_ds.config import ConfigError, load_config
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="logging.wandb is true but the wandb package is not installed"):
+        load_config("tiny", [*FAST, "logging.wandb=true"])

@@ -9,6 +9,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -123,15 +124,38 @@ def progress_line(step: int, total: int, record: dict, elapsed: float, steps_per
     return " ".join(parts)
 
 
+class WandbSink:
+    """Weights & Biases beside metrics.jsonl and TensorBoard (logging.wandb). One W&B run per gpt_ds run folder: its id
+    is kept in RUN_DIR/wandb_id, so a resumed or requeued job continues the same W&B run (W&B keeps the first record
+    of a step that is run again after a resume; metrics.jsonl keeps the last). Offline by default: nothing leaves the
+    machine until `wandb sync RUN_DIR/wandb/offline-run-*`."""
+
+    def __init__(self, run_dir: Path, name: str, project: str, mode: str, config: dict):
+        import wandb
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow", dir=str(run_dir), mode=mode,
+                              config=config, settings=wandb.Settings(console="off", quiet=True))
+
+    def log(self, step: int, record: dict) -> None:
+        self.run.log({k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                      and math.isfinite(v)}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class MetricsLogger:
     """Rank 0 only writes; other ranks hold a no-op logger."""
 
     def __init__(self, run_dir: Path, enabled: bool, *, tensorboard: bool, progress_bar: bool, total_steps: int,
-                 start_step: int):
+                 start_step: int, wandb: dict | None = None):
         self.enabled = enabled
         self.file = None
         self.tb = None
         self.bar = None
+        self.wandb = None
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +168,8 @@ class MetricsLogger:
                 self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
             except ImportError:  # tensorboard is a listed dependency; a trimmed install still trains
                 self.tb = None
+        if wandb:  # {name, project, mode, config}
+            self.wandb = WandbSink(run_dir, **wandb)
         if progress_bar and sys.stderr.isatty():  # a terminal gets a bar; a job log gets progress_line()s
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
@@ -160,6 +186,8 @@ class MetricsLogger:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(step, record)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}",
                                  rtd=f"{record.get('disc_loss', float('nan')):.3f}",
@@ -178,5 +206,7 @@ class MetricsLogger:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
         if self.file is not None:
             self.file.close()

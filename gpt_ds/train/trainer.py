@@ -195,9 +195,11 @@ class Trainer:
     def train(self) -> int:
         cfg, L = self.cfg, self.layout
         loader = self.make_loader()
+        wandb = dict(name=cfg.run.name, project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode,
+                     config=cfg.to_dict()) if cfg.logging.wandb else None
         logger = MetricsLogger(self.run_dir, self.rank == 0, tensorboard=cfg.logging.tensorboard,
                                progress_bar=cfg.logging.progress_bar, total_steps=cfg.train.max_steps,
-                               start_step=self.step)
+                               start_step=self.step, wandb=wandb)
         self.preemption.install()
         watchdog = Watchdog(self.rank, cfg.train.watchdog_warn_s, cfg.train.watchdog_timeout_s).start()
         if self.rng_state is not None:
