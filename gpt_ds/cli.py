@@ -12,9 +12,9 @@ COMMANDS = {
     "finetune": ("gpt_ds.finetune.run", "fine-tune an exported encoder for text classification (accelerate), with "
                                         "a random-init control"),
     "tokenizer": ("gpt_ds.data.tokenizer", "train a SentencePiece tokenizer saved as a Hugging Face tokenizer dir"),
-    "prepare": ("gpt_ds.data.prepare", "tokenize a corpus into a sharded memory-mapped token store"),
-    "inspect": ("gpt_ds.data.inspect", "print a token store's manifest totals as JSON"),
-    "index": ("gpt_ds.data.samples", "build the fixed-length sample index of a store for a sequence length"),
+    "prepare": ("gpt_ds.data.store.prepare", "tokenize a corpus into a sharded memory-mapped token store"),
+    "inspect": ("gpt_ds.data.store.inspect", "print a token store's manifest totals as JSON"),
+    "index": ("gpt_ds.data.store.index", "build the fixed-length sample index of a store for a sequence length"),
     "check": ("gpt_ds.zero.check", "validate a config and its ds_configs before launch"),
     "estimate": ("gpt_ds.zero.estimate", "estimate per-GPU memory and step time for a config"),
     "config": ("gpt_ds.config_cmd", "print the resolved config (preset or file + overrides) as YAML"),

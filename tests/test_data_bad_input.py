@@ -96,7 +96,7 @@ def test_100mb_single_line_read_in_chunks(tmp_path):
 
 def test_long_document_parts_tokenize_like_the_whole(tmp_path, monkeypatch):
     from demo.corpora import news_articles
-    from gpt_ds.data.prepare import prepare
+    from gpt_ds.data.store.prepare import prepare
     from gpt_ds.data.store import shard_paths
     from gpt_ds.data.tokenizer import load_tokenizer, train_tokenizer
     news = news_articles(tmp_path / "news", per_file=40, limit=40)

@@ -8,7 +8,7 @@ from gpt_ds.config import load_config
 from gpt_ds.data import RowDataset, open_dataset
 from demo.corpora import news_articles
 from gpt_ds.data.encode import CHECK_EVERY, Encoder
-from gpt_ds.data.prepare import prepare
+from gpt_ds.data.store.prepare import prepare
 from gpt_ds.data.tokenizer import load_tokenizer, train_tokenizer
 from gpt_ds.errors import GptDsError
 

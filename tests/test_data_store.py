@@ -9,7 +9,7 @@ import pytest
 from gpt_ds.config import load_config
 from gpt_ds.data import open_dataset
 from demo.corpora import news_articles
-from gpt_ds.data.prepare import prepare
+from gpt_ds.data.store.prepare import prepare
 from gpt_ds.data.store import read_manifest, shard_paths, verify_store
 from gpt_ds.data.tokenizer import load_tokenizer, train_tokenizer
 from gpt_ds.errors import GptDsError
@@ -116,7 +116,7 @@ def test_byte_identical_across_workers_and_resumable(corpus, tok_dir, tmp_path, 
     ref = tree_bytes(tmp_path / "one")
     assert ref == tree_bytes(tmp_path / "two")
     # interrupted after 3 shards, then re-run: finished shards are kept, the result is the same bytes
-    from gpt_ds.data import shards as shards_mod
+    from gpt_ds.data.store import writer as shards_mod
     real_close, calls = shards_mod.ShardWriter._close, []
 
     def crashing_close(self):
@@ -169,7 +169,7 @@ def test_rows_cover_every_token_once(store, L):
 
 
 def test_two_segments_and_missing_index(store):
-    from gpt_ds.data.samples import build_index
+    from gpt_ds.data.store.index import build_index
     with pytest.raises(GptDsError, match="gpt-ds index"):
         open_dataset(_cfg(store, 48))
     build_index(store, 48, pairs=True)

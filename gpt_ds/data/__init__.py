@@ -1,6 +1,10 @@
 """Data: corpora -> SentencePiece tokenizer -> sharded memory-mapped token store -> one global sample order.
 
-The trainer needs only `open_dataset(cfg)` (a RowDataset) and `gpt_ds.data.loader.StepLoader`. A dataset maps a
+Layout: the corpus readers (textio, records, readers), the tokenizer (tokenizer, encode), the packing rule
+(packing), row datasets (datasets, sources); `store/` (format and reader in __init__, writer, index, prepare,
+inspect) and `sampler/` (order, loader).
+
+The trainer needs only `open_dataset(cfg)` (a RowDataset) and `gpt_ds.data.sampler.loader.StepLoader`. A dataset maps a
 GLOBAL sample number (the position in the run's consumed order, 0, 1, 2, ...) to a fixed-length row; the order is a
 pure function of (run.seed, sample number), so the only sampler state is the number of consumed samples.
 """
@@ -64,7 +68,7 @@ def _open_source(path: str, cfg):
     if not Path(path).exists():
         raise ConfigError(f"data.sources: '{path}' does not exist")
     if sources.is_store(path):
-        from gpt_ds.data.samples import open_store_dataset
+        from gpt_ds.data.store.index import open_store_dataset
         return open_store_dataset(path, cfg)
     if not d.tokenizer:
         raise ConfigError(f"data.sources '{path}' is text, so data.tokenizer must name a tokenizer folder "

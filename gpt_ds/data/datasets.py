@@ -2,7 +2,7 @@
 
 SyntheticDataset: random rows, a pure function of (seed, row). PackedDataset: rows packed from token shards (a store
 built by `gpt-ds prepare`, or text tokenized at open time). BlendedDataset: several of these mixed by weight.
-Every class maps a global sample number to a row through gpt_ds.data.order, so the order depends on nothing else.
+Every class maps a global sample number to a row through gpt_ds.data.sampler.order, so the order depends on nothing else.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-from gpt_ds.data import order
+from gpt_ds.data.sampler import order
 from gpt_ds.data.packing import write_row
 from gpt_ds.errors import GptDsError
 

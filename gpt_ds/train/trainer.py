@@ -19,7 +19,7 @@ from gpt_ds import __version__
 from gpt_ds.checkpoint.compat import check_resume_compatible
 from gpt_ds.config import Config, batch_layout, dump_config
 from gpt_ds.data import open_dataset
-from gpt_ds.data.loader import StepLoader
+from gpt_ds.data.sampler.loader import StepLoader
 from gpt_ds.watchdog import Watchdog
 from gpt_ds.dist.agree import once_across_ranks, rank0_decides
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler

@@ -1,4 +1,5 @@
-"""`gpt-ds prepare --input PATHS... --tokenizer DIR --out STORE`: corpus -> sharded token store (see store.py).
+"""`gpt-ds prepare --input PATHS... --tokenizer DIR --out STORE`: corpus -> sharded token store (the format: this
+package's __init__).
 
 Streaming: the main process reads documents in parts, worker processes tokenize batches of parts, and the main
 process writes results in input order into shards, with a bounded number of batches in flight, so memory stays flat as
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt_ds.data.readers import ReadStats, expand_inputs, iter_parts
-from gpt_ds.data.shards import ShardWriter
+from gpt_ds.data.store.writer import ShardWriter
 from gpt_ds.data.store import FORMAT, VERSION, read_manifest
 from gpt_ds.errors import GptDsError
 
@@ -93,7 +94,7 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
             txt_mode: str = "blank-line", seq_lens=(128, 512), two_segments: bool = False,
             encoder: str = "auto", quiet: bool = False) -> dict:
     """Build (or finish, or find up to date) the store at `out`; returns its manifest."""
-    from gpt_ds.data.samples import build_index
+    from gpt_ds.data.store.index import build_index
     from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info, vocab_size_of
 
     if not Path(tokenizer).is_dir():

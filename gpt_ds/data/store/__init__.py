@@ -5,7 +5,7 @@
     STORE/shards/shard-NNNNNN.tok     token ids, little-endian uint16 (vocabulary <= 65536) or uint32
     STORE/shards/shard-NNNNNN.doc     uint64 document starts within the shard, then the shard's token count
     STORE/shards/shard-NNNNNN.crc     uint32 crc32 of each CRC_BLOCK bytes of the .tok file
-    STORE/index/L128-<key>/rows.npy   the sample index for one row length (see gpt_ds.data.samples)
+    STORE/index/L128-<key>/rows.npy   the sample index for one row length (see gpt_ds.data.store.index)
 
 A shard is opened on first use only (memory-mapped), and each CRC_BLOCK of it is checked the first time a row reads
 from it: a damaged shard is named at load, and opening a 10x larger store costs no more time.

@@ -1,5 +1,6 @@
 """`gpt-ds index STORE --seq-len L`: the sample index of a store for one row length, built once and memory-mapped;
-and `open_store_dataset`, a store plus its index as the row dataset training reads (store.py knows only the files).
+and `open_store_dataset`, a store plus its index as the row dataset training reads (the package's __init__ knows
+only the files).
 
 rows.npy holds one (start, end, split) triple of global token positions per row (the packing rule is in
 gpt_ds.data.packing). It is cached under index/L<len>-<key>, key = hash of the shards' sha256, the length and the
