@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc {args.nproc}: the number of local ranks must be >= 1")
     cfg = load_config(args.config, args.overrides)
     resume = args.resume or cfg.checkpoint.resume
-    from gpt_ds.dist.env import detect_env, export_env
+    from gpt_ds.dist.env import detect_env
     env = detect_env()
     if env.launcher == "single" and args.nproc > 1:
         preflight(cfg, args.nproc, resume)

@@ -4,6 +4,7 @@ step from appearing twice; no torch, so reading a run stays cheap."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from gpt_ds.errors import GptDsError

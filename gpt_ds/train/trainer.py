@@ -193,7 +193,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------- the loop
     def train(self) -> int:
-        cfg, L = self.cfg, self.layout
+        cfg = self.cfg
         loader = self.make_loader()
         wandb = dict(name=cfg.run.name, project=cfg.logging.wandb_project, mode=cfg.logging.wandb_mode,
                      config=cfg.to_dict()) if cfg.logging.wandb else None
