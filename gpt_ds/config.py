@@ -84,6 +84,9 @@ class ObjectiveConfig:
     gen_weight: float = 1.0
     disc_weight: float = 50.0
     embedding_sharing: Literal["gdes", "none"] = "gdes"
+    # the discriminator joins at this step (0: from the start). A generator-first schedule: replaced-token detection
+    # then never learns from a generator still on its bag-of-words plateau (docs/results.md §4b)
+    disc_start_step: int = 0
 
 
 @dataclass
@@ -370,6 +373,8 @@ def validate(cfg: Config) -> None:
     for key in ("watchdog_warn_s", "watchdog_timeout_s"):
         if not getattr(t, key) >= 0:
             problems.append(f"train.{key} = {getattr(t, key)} must be >= 0 (0: off)")
+    if o.disc_start_step < 0:
+        problems.append(f"objective.disc_start_step = {o.disc_start_step} must be >= 0")
     if op.warmup_steps < 0:
         problems.append(f"optim.warmup_steps = {op.warmup_steps} must be >= 0")
     if not (math.isfinite(op.weight_decay) and op.weight_decay >= 0):

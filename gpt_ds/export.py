@@ -130,7 +130,7 @@ def provenance(cfg: Config, state: dict) -> dict:
     into one fingerprint, when the store is reachable from here), the tokenizer's fingerprint, tokens and FLOPs."""
     import hashlib
     from gpt_ds import __version__
-    from gpt_ds.flops import step_flops
+    from gpt_ds.flops import run_flops
     stores = {}
     for source in cfg.data.sources:
         manifest = Path(source.path) / "manifest.json"
@@ -143,7 +143,7 @@ def provenance(cfg: Config, state: dict) -> dict:
     return {"gpt_ds_version_trained": state.get("gpt_ds_version"), "gpt_ds_version_exported": __version__,
             "tokenizer_fingerprint": state.get("tokenizer_fingerprint"), "data_fingerprints": stores,
             "tokens_seen": step * cfg.train.global_batch * cfg.data.seq_len,
-            "train_flops": step * step_flops(cfg, state.get("vocab_size"))["total"], "config": cfg.to_dict()}
+            "train_flops": run_flops(cfg, step, state.get("vocab_size")), "config": cfg.to_dict()}
 
 
 def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = False,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gpt_ds.config import Config
 from gpt_ds.model.sizes import generator_sizes
-from gpt_ds.flops import step_flops
+from gpt_ds.flops import run_flops
 from gpt_ds.train.metrics_file import read_rows
 
 ROLE = {
@@ -34,7 +34,6 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
     step, m = state["step"], cfg.model
     role = "mlm" if cfg.objective.kind == "mlm" else part
     cls, what = ROLE[role]
-    flops = step_flops(cfg, state.get("vocab_size"))
     tokens = step * cfg.train.global_batch * cfg.data.seq_len
     metrics = last_metrics(run_dir, step)
     size = (generator_sizes(m) if role == "generator" else
@@ -63,7 +62,8 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
         f"{state.get('vocab_size')}.",
         f"- Data: {sources}; sequences of {cfg.data.seq_len} tokens.",
         f"- Steps: {step} of {cfg.train.max_steps}, global batch {cfg.train.global_batch} -> {tokens:,} tokens seen; "
-        f"{_fmt(step * flops['total'], 3)} training FLOPs (both towers, as gpt_ds counts them).",
+        f"{_fmt(run_flops(cfg, step, state.get('vocab_size')), 3)} training FLOPs (both towers, as gpt_ds counts "
+        f"them).",
         f"- Optimizer: AdamW, lr {cfg.optim.lr}, warmup {cfg.optim.warmup_steps} steps, weight decay "
         f"{cfg.optim.weight_decay}; precision {cfg.train.precision}.",
     ]

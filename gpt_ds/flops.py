@@ -49,6 +49,13 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
             "attention": 3 * attn}
 
 
+def run_flops(cfg: Config, steps: int, vocab_size: int | None = None) -> float:
+    """FLOPs of the first `steps` steps: before objective.disc_start_step the generator trains alone."""
+    f = step_flops(cfg, vocab_size)
+    alone = min(steps, cfg.objective.disc_start_step) if cfg.objective.kind == "electra" else 0
+    return alone * (f["generator"] + f["sampling"]) + (steps - alone) * f["total"]
+
+
 PEAK_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

@@ -462,3 +462,21 @@ def test_wandb_without_the_package_is_refused_before_launch(tmp_path, monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match="logging.wandb is true but the wandb package is not installed"):
         load_config("tiny", [*FAST, "logging.wandb=true"])
+
+
+def test_generator_first_keeps_the_discriminator_out_until_its_step(tmp_path):
+    """objective.disc_start_step: the generator trains alone first; the FLOPs the export reports count that."""
+    from gpt_ds.config import load_config
+    from gpt_ds.flops import run_flops, step_flops
+    d = tmp_path / "run"
+    over = [*FAST, f"run.dir={d}", "train.max_steps=4", "objective.disc_start_step=2", "logging.tensorboard=false",
+            "logging.peak_tflops=1", "deepspeed.generator=ds_configs/zero0_fp32.json",
+            "deepspeed.discriminator=ds_configs/zero0_fp32.json"]
+    gpt_ds("pretrain", "tiny", *over)
+    rows = metrics(d)
+    assert ["disc_loss" in r for r in rows] == [False, False, True, True]
+    assert rows[0]["loss"] == rows[0]["gen_loss"] and rows[2]["loss"] > rows[2]["gen_loss"]
+    info = json.loads(gpt_ds("export", d, "--out", tmp_path / "out").stdout.strip().splitlines()[-1])
+    f = step_flops(load_config("tiny", over), 300)
+    assert info["train_flops"] == run_flops(load_config("tiny", over), 4, 300) == \
+        2 * (f["generator"] + f["sampling"]) + 2 * f["total"]

@@ -147,6 +147,8 @@ class Trainer:
         """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
         L = self.layout
         gen, disc = self.engines.generator, self.engines.discriminator
+        if self.step < self.cfg.objective.disc_start_step:
+            disc = None  # generator first: the discriminator waits (every rank decides alike, from the step)
         weights = loss_weights(self.cfg.objective, disc is not None)
         masked = [b["masked"] for b in micro_batches]
         counts = torch.tensor([sum(m.num_masked for m in masked),
