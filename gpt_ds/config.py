@@ -131,7 +131,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # a rank stuck this long in one step or save says so, and gives up (exit 3) after the timeout: a stopped or lost
-    # peer would otherwise hold every rank in a collective; 0 turns either off (gpt_ds/dist/watchdog.py)
+    # peer would otherwise hold every rank in a collective; 0 turns either off (gpt_ds/watchdog.py)
     watchdog_warn_s: float = 60.0
     watchdog_timeout_s: float = 1800.0
 

@@ -220,10 +220,10 @@ def _save_failed(ckpt_dir: Path, tmp: Path | None, final: Path, rank: int, e: Ex
     what is still there to resume from."""
     import errno
     if peer_lost(e):  # the dead rank's own exit code tells the story; this one must not blame the disk
-        if tmp is not None and rank == 0:
+        if tmp is not None:  # whichever rank is last to fail removes what the others left (rmtree is idempotent)
             shutil.rmtree(tmp, ignore_errors=True)
         return GptDsError(f"rank {rank}: saving checkpoint {final.name} stopped: another rank failed during the save "
-                          f"(the launcher names it); --resume auto takes the newest step that verifies",
+                          f"(its launcher or srun names it); --resume auto takes the newest step that verifies",
                           quiet=rank != 0)
     try:
         free = shutil.disk_usage(ckpt_dir).free

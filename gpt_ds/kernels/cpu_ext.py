@@ -92,9 +92,10 @@ def _build():
         with Watchdog(int(os.environ.get("RANK", "0")), float(os.environ.get("GPT_DS_BUILD_WARN_S", 60)),
                       float(os.environ.get("GPT_DS_BUILD_TIMEOUT_S", STALE_LOCK_S + 60))) as watchdog:
             watchdog.enter(f"building or loading the C++ CPU kernels ({name})",
-                           why=f"another process holds {lock} (building them, or killed while it did: a lock "
-                               f"{STALE_LOCK_S // 60} minutes old is removed at the next start; remove it by hand if "
-                               f"no build is running, or set GPT_DS_CPU_EXT=0)")
+                           why=f"a first build takes a minute or two; much longer means another process holds "
+                               f"{lock} (building them, or killed while it did: a lock {STALE_LOCK_S // 60} minutes "
+                               f"old is removed at the next start; remove it by hand if no build is running, or set "
+                               f"GPT_DS_CPU_EXT=0)")
             return load(name=name, sources=[src], verbose=False,
                         extra_cflags=[*_COMMON, *_FLAGS.get(cap, [])], extra_ldflags=["-fopenmp"])
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the plain PyTorch paths still work

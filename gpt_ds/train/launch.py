@@ -214,9 +214,9 @@ def train_rank(cfg: Config, env, resume: str) -> int:
             raise
         # another rank died (killed, OOM, a lost node): its launcher or srun names it; a traceback from inside the
         # collective would only bury that. Leave as the watchdog does for a silent peer.
-        print(f"gpt_ds: rank {env.rank}: another rank is gone (a collective failed: "
-              f"{str(e).splitlines()[0].split('] ')[-1].split('. ')[0][:120]}); stopping with exit code {HUNG_EXIT_CODE}. "
-              f"--resume auto continues from the last checkpoint", file=sys.stderr, flush=True)
+        why = str(e).splitlines()[0].split("] ")[-1].split(". ")[0][:120]  # gloo: "[file:line] What. Advice..."
+        print(f"gpt_ds: rank {env.rank}: another rank is gone (a collective failed: {why}); stopping with exit code "
+              f"{HUNG_EXIT_CODE}. --resume auto continues from the last checkpoint", file=sys.stderr, flush=True)
         os._exit(HUNG_EXIT_CODE)
     finally:
         if torch.distributed.is_initialized():

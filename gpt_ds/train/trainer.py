@@ -60,6 +60,7 @@ class Trainer:
         self.device = self.engines.generator.device
         self.step = 0
         self.rng_state = None  # set right before the loop on resume: nothing in between may draw from it
+        self.watchdog: Watchdog | None = None  # the loop's (train())
         resume_from = self._find_resume(resume if resume is not None else cfg.checkpoint.resume)
         if resume_from is not None:
             self._resume(resume_from)
@@ -118,6 +119,8 @@ class Trainer:
             print(f"gpt_ds: resumed from {step_dir} at step {self.step}", file=sys.stderr, flush=True)
 
     def save(self) -> Path:
+        if self.watchdog is not None:  # every save, periodic or on a stop: a collective the other ranks must join
+            self.watchdog.enter(f"saving the checkpoint of step {self.step}")
         t0 = time.perf_counter()
         path = checkpoint.save(self.ckpt_dir, self.step, self.engines, self._state(), self.rank,
                                self.cfg.checkpoint.keep_last)
@@ -203,7 +206,7 @@ class Trainer:
                                progress_bar=cfg.logging.progress_bar, total_steps=cfg.train.max_steps,
                                start_step=self.step, wandb=wandb)
         self.preemption.install()
-        watchdog = Watchdog(self.rank, cfg.train.watchdog_warn_s, cfg.train.watchdog_timeout_s).start()
+        self.watchdog = watchdog = Watchdog(self.rank, cfg.train.watchdog_warn_s, cfg.train.watchdog_timeout_s).start()
         if self.rng_state is not None:
             torch.set_rng_state(self.rng_state)
         exit_code = 0
@@ -228,7 +231,6 @@ class Trainer:
                     logger.log(self.step, record)
                     t_last, steps_since = time.perf_counter(), 0
                 if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.max_steps:
-                    watchdog.enter(f"saving the checkpoint of step {self.step}")
                     self.save()
                 if self.step == cfg.train.stop_at:
                     if self.step % cfg.checkpoint.every != 0:
