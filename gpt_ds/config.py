@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import os
 import typing
@@ -392,7 +393,6 @@ def validate(cfg: Config) -> None:
     if cfg.checkpoint.keep_last < 0:
         problems.append(f"checkpoint.keep_last = {cfg.checkpoint.keep_last} must be >= 0 (0: keep all)")
     if cfg.logging.wandb:
-        import importlib.util
         if importlib.util.find_spec("wandb") is None:
             problems.append("logging.wandb is true but the wandb package is not installed: pip install wandb (or "
                             "pip install 'gpt_ds[wandb]'), or set logging.wandb=false")

@@ -7,6 +7,8 @@ import sys
 
 import yaml
 
+from gpt_ds.config import load_config
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["show"], help="show: print the resolved config as YAML")
@@ -15,7 +17,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt_ds.config import load_config
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return 0

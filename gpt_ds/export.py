@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from transformers import (AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer, ElectraForMaskedLM,
+                          ElectraForPreTraining)
+from transformers.utils import logging as hf_logging
 
+from gpt_ds import __version__, checkpoint
+from gpt_ds.checkpoint import safe_load
+from gpt_ds.checkpoint.run_files import find_tokenizer
 from gpt_ds.config import Config, config_from_dict
 from gpt_ds.errors import GptDsError
 from gpt_ds.export_card import model_card
+from gpt_ds.flops import run_flops
 from gpt_ds.model.hf_config import discriminator_config, generator_config
-from gpt_ds import checkpoint
-from gpt_ds.checkpoint import safe_load
 
 TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight"}
 
@@ -89,7 +95,6 @@ def load_engine_weights(cfg: Config, step_dir: Path) -> dict[str, dict]:
 
 def build_hf_models(cfg: Config, state: dict, weights: dict[str, dict]):
     """Stock transformers models; GDES merged."""
-    from transformers import ElectraForMaskedLM, ElectraForPreTraining
     vocab, pad = state["vocab_size"], state["pad_id"]
     gen_sd = _strip(weights["generator"], "mlm.")
     gen = ElectraForMaskedLM(generator_config(cfg, vocab, pad))
@@ -128,9 +133,6 @@ def _readable(root: Path) -> None:
 def provenance(cfg: Config, state: dict) -> dict:
     """Where the weights come from, for gpt_ds_export.json: versions, the data (each store's shard checksums, hashed
     into one fingerprint, when the store is reachable from here), the tokenizer's fingerprint, tokens and FLOPs."""
-    import hashlib
-    from gpt_ds import __version__
-    from gpt_ds.flops import run_flops
     stores = {}
     for source in cfg.data.sources:
         manifest = Path(source.path) / "manifest.json"
@@ -159,8 +161,6 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
         shutil.rmtree(tmp)
     tok = None
     if state.get("tokenizer_dir") or tokenizer:
-        from transformers import AutoTokenizer
-        from gpt_ds.checkpoint.run_files import find_tokenizer
         where = Path(tokenizer) if tokenizer else find_tokenizer(step_dir, state.get("tokenizer_dir"))
         if where is None or not (where / "tokenizer_config.json").is_file():
             raise GptDsError(f"{step_dir}: the run was trained with the tokenizer '{state.get('tokenizer_dir')}', "
@@ -197,7 +197,6 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
 
 def verify_export(out: Path, cfg: Config, state: dict, weights: dict[str, dict]) -> float:
     """Reload with plain transformers and compare with gpt_ds's own towers on the same checkpoint weights."""
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
 
     gen_ours, disc_ours = framework_towers(cfg, state, weights)
     vocab, length = state["vocab_size"], min(cfg.data.seq_len, 64)
@@ -228,7 +227,6 @@ def verify_export(out: Path, cfg: Config, state: dict, weights: dict[str, dict])
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     info = export(args.run_dir, args.out, args.step, args.verify, args.tokenizer)
     print(json.dumps(info))

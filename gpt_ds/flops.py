@@ -7,6 +7,9 @@ lookups are left out, as they are a rounding error at these sizes.
 """
 from __future__ import annotations
 
+import statistics
+import time
+
 from gpt_ds.config import Config
 from gpt_ds.model.sizes import generator_sizes
 
@@ -66,10 +69,7 @@ def measure_matmul_flops(n: int | None = None, repeats: int = 5, device=None, pr
     TF32 stays as the process set it (fp32 training on a GPU gets what its matmuls get). CPU: always fp32, n = 1024
     by default (the rate CPU MFU is quoted against; CPU bf16 matmuls are emulated on most parts).
     """
-    import statistics
-    import time
-
-    import torch
+    import torch  # here: `gpt-ds plot` and `check` count FLOPs without it
     dev = torch.device(device if device is not None else "cpu")
     gpu = dev.type == "cuda"
     dtype = getattr(torch, PEAK_DTYPES[precision if gpu else "fp32"])

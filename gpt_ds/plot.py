@@ -11,7 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
+from gpt_ds.config import load_config
 from gpt_ds.errors import GptDsError
+from gpt_ds.flops import step_flops
 from gpt_ds.train.metrics_file import NAME, read_rows
 
 PANELS = (("loss", "total loss", None), ("gen_loss", "generator MLM loss", None),
@@ -38,17 +40,15 @@ def x_scale(run_dir: Path, x: str) -> float:
     """Steps -> the chosen x-axis unit, from the run's config.yaml (tokens per step, or FLOPs per step)."""
     if x == "steps":
         return 1.0
-    from gpt_ds.config import load_config
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise GptDsError(f"{run_dir}: no config.yaml, needed for --x {x}; plot with --x steps")
     cfg = load_config(str(path), [])
     if x == "tokens":
         return float(cfg.train.global_batch * cfg.data.seq_len)
-    from gpt_ds.flops import step_flops
     vocab = cfg.model.vocab_size
     if vocab <= 0:
-        from gpt_ds.zero.sizes import ASSUMED_VOCAB, vocab_size
+        from gpt_ds.zero.sizes import ASSUMED_VOCAB, vocab_size  # torch and transformers: only for this case
         vocab = vocab_size(cfg, default=ASSUMED_VOCAB)
     return step_flops(cfg, vocab)["total"]
 

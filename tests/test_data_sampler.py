@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gpt_ds.config import load_config
-from gpt_ds.data import RowDataset, open_dataset
+from gpt_ds.data import RowDataset
+from gpt_ds.data.sources import open_dataset
 from gpt_ds.data.sampler.loader import StepLoader
 from gpt_ds.data.sampler.order import blend, blend_quotas, epoch_rows, permute
 from gpt_ds.errors import GptDsError

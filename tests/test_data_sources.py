@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from gpt_ds.config import load_config
-from gpt_ds.data import RowDataset, open_dataset
+from gpt_ds.data import RowDataset
+from gpt_ds.data.sources import open_dataset
 from demo.corpora import news_articles
 from gpt_ds.data.encode import CHECK_EVERY, Encoder
 from gpt_ds.data.store.prepare import prepare

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpt_ds.config import load_config
-from gpt_ds.data import open_dataset
+from gpt_ds.data.sources import open_dataset
 from demo.corpora import news_articles
 from gpt_ds.data.store.prepare import prepare
 from gpt_ds.data.store import read_manifest, shard_paths, verify_store

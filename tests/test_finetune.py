@@ -266,3 +266,20 @@ def test_train_rows_is_a_fixed_subset_for_every_model_and_seed(tmp_path):
     assert a.splits["validation"].texts == full.splits["validation"].texts  # selection split untouched
     assert load_task({"train": str(path)}, "text", None, "label", validation_fraction=0.2,
                      train_rows=500).splits["train"].texts == full.splits["train"].texts
+
+
+def test_a_learning_rate_search_picks_on_validation_and_matches_single_runs(model_dir, tmp_path):
+    """--lr a,b runs every seed at each rate and reports the one with the best median validation score; its figures
+    are exactly those of a run given that rate alone (the search adds nothing but the choice)."""
+    paths = write_task(tmp_path / "task", n_train=160, n_eval=40)
+    args = ["--train", paths["train"], "--validation", paths["validation"], "--test", paths["test"], "--epochs", "5",
+            "--batch-size", "16", "--seeds", "2", "--no-save"]
+    both = last_json(gpt_ds("finetune", model_dir, *args, "--lr", "1e-6,3e-3"))
+    assert [r["lr"] for r in both["lr_search"]] == [1e-6, 3e-3]
+    val = {r["lr"]: r["median"]["validation"]["accuracy"] for r in both["lr_search"]}
+    assert val[3e-3] > val[1e-6], val  # 1e-6 cannot learn the task in 50 steps; 3e-3 can
+    assert both["recipe"]["lr"] == 3e-3
+    alone = last_json(gpt_ds("finetune", model_dir, *args, "--lr", "3e-3"))
+    assert "lr_search" not in alone and alone["recipe"]["lr"] == 3e-3
+    assert both["seeds"] == [dict(s, train_seconds=b["train_seconds"]) for s, b in zip(alone["seeds"], both["seeds"])]
+    assert both["median"] == alone["median"]

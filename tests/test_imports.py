@@ -103,3 +103,38 @@ def test_the_library_never_imports_the_demo():
 
 def test_the_checker_sees_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The imports that stay inside a function, each for a reason a newcomer can check (docs/architecture.md, "Imports"):
+# deepspeed (seconds to import, and the launcher, `check`, `estimate` and `prepare` must not need it) and what pulls it
+# in; torch and transformers where a command that never uses them would pay for them; packages a run may not have.
+DEFERRED_INTERNAL = {
+    ("gpt_ds/export.py", "gpt_ds.train.engines"),      # deepspeed, only for `export --verify`
+    ("gpt_ds/train/launch.py", "gpt_ds.train.trainer"),  # deepspeed, in a rank only (never the --nproc launcher)
+    ("gpt_ds/zero/check.py", "gpt_ds.zero.sizes"),     # torch + transformers, for the run-dir space check only
+    ("gpt_ds/plot.py", "gpt_ds.zero.sizes"),           # torch + transformers, for --x flops without a vocab only
+}
+DEFERRED_EXTERNAL = {"deepspeed", "torch", "transformers", "tokenizers", "sentencepiece", "sklearn", "matplotlib",
+                     "pydantic", "pyarrow", "datasets", "wandb"}
+
+
+def function_level_imports() -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(ROOT.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import):
+                        out += [(str(path.relative_to(ROOT.parent)), a.name) for a in node.names]
+                    elif isinstance(node, ast.ImportFrom):
+                        out.append((str(path.relative_to(ROOT.parent)), node.module or ""))
+    return sorted(set(out))
+
+
+def test_imports_sit_at_the_top_unless_listed_with_a_reason():
+    found = function_level_imports()
+    internal = {(f, m) for f, m in found if m.startswith("gpt_ds")}
+    assert internal <= DEFERRED_INTERNAL, f"move to the top, or list with a reason: {internal - DEFERRED_INTERNAL}"
+    external = {(f, m) for f, m in found if not m.startswith("gpt_ds") and m.split(".")[0] not in DEFERRED_EXTERNAL}
+    assert external == set(), f"the standard library and light packages go at the top: {external}"

@@ -15,7 +15,8 @@ from gpt_ds.cli import main as cli_main
 from gpt_ds.config import DS_CONFIG_DIR, load_config
 from gpt_ds.zero.estimate import estimate, parse_bytes, peak_phases
 from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, auto_buckets, model_states
-from gpt_ds.zero.sizes import (TILE_ELEMS, cpu_kernels_active, encoder_activation_bytes, head_workspace,
+from gpt_ds.kernels.generator_torch import TILE_ELEMS
+from gpt_ds.zero.sizes import (cpu_kernels_active, encoder_activation_bytes, head_workspace,
                                recompute_bytes, towers)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ names the newest saved folder for other tools; gpt_ds reads it nowhere (the mani
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from gpt_ds import faults
+from gpt_ds.checkpoint import reshard  # a submodule that needs nothing from this file
 from gpt_ds.errors import GptDsError
 from gpt_ds.watchdog import peer_lost
 
@@ -38,7 +40,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -70,7 +72,7 @@ def write_manifest(step_dir: Path, state: dict, zero_stages: dict[str, int]) -> 
             files[path.relative_to(step_dir).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
     manifest = {"format": MANIFEST_FORMAT, "step": state["step"], "world_size": state["world_size"],
                 "zero_stages": zero_stages, "files": files}
-    _write_atomic(step_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
+    write_atomic(step_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def verify(step_dir: Path, checksums: bool = True) -> list[str]:
@@ -204,7 +206,7 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
             shutil.rmtree(final)
         os.replace(tmp, final)
         faults.point("save.renamed", step, rank)
-        _write_atomic(ckpt_dir / "latest", final.name + "\n")
+        write_atomic(ckpt_dir / "latest", final.name + "\n")
         for _, old in complete_steps(ckpt_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         faults.point("save.pruned", step, rank)
@@ -218,7 +220,6 @@ def save(ckpt_dir: Path, step: int, engines, state: dict, rank: int, keep_last: 
 def _save_failed(ckpt_dir: Path, tmp: Path | None, final: Path, rank: int, e: Exception) -> GptDsError:
     """A save that cannot finish: remove the partial folder (it would fill the disk again) and say why, where, and
     what is still there to resume from."""
-    import errno
     if peer_lost(e):  # the dead rank's own exit code tells the story; this one must not blame the disk
         if tmp is not None:  # whichever rank is last to fail removes what the others left (rmtree is idempotent)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -248,7 +249,6 @@ def load(step_dir: Path, engines, rank: int, world_size: int) -> dict:
     RNG state under "rng_state" (None when the world size changed) for the caller to set right before the loop.
     Saved on another number of ranks, a ZeRO engine loads from a universal copy rank 0 makes once (gpt_ds.checkpoint.reshard).
     """
-    from gpt_ds.checkpoint import reshard
     state = read_state(step_dir)
     named = {"generator": engines.generator, "discriminator": engines.discriminator}
     for name, how in reshard.prepare(step_dir, named, world_size, rank).items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpt_ds.checkpoint.reshard import check_resumable
 from gpt_ds.config import Config
 from gpt_ds.errors import GptDsError
 
@@ -45,5 +46,4 @@ def check_resume_compatible(saved: dict, cfg: Config, world_size: int, step_dir:
         raise GptDsError(f"checkpoint {step_dir} used train.global_batch={saved.get('global_batch')}, the run now "
                          f"asks {cfg.train.global_batch}: the sample order and schedule are defined per global batch; "
                          f"keep train.global_batch={saved.get('global_batch')} (change micro_batch/grad_accum instead)")
-    from gpt_ds.checkpoint.reshard import check_resumable
     check_resumable(step_dir, saved, cfg, world_size)  # another number of ranks: converted on load; a stage change: no

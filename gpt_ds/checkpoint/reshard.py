@@ -14,6 +14,7 @@ so one conversion serves every later size. ZeRO-0 needs none: DeepSpeed saves th
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -22,10 +23,17 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from gpt_ds.checkpoint.safe_load import weights_only_loads
+from gpt_ds.checkpoint import safe_load
+from gpt_ds.dist.agree import rank0_decides
+from gpt_ds.ds_config import merged_ds_config, zero_stage
 from gpt_ds.errors import GptDsError
 
 UNIVERSAL_DIR = "universal"
@@ -79,7 +87,6 @@ def plan(step_dir: Path, engine: str, stage_now: int, world_size: int, saved_ds_
 
 def check_resumable(step_dir: Path, saved_state: dict, cfg, world_size: int) -> dict[str, str]:
     """Before launch: every engine's plan, from the run's ds_configs (their 'zero_optimization.stage')."""
-    from gpt_ds.ds_config import merged_ds_config, zero_stage
     engines = ("generator", "discriminator") if cfg.objective.kind == "electra" else ("generator",)
     old = saved_state.get("config", {}).get("deepspeed", {})
     return {e: plan(step_dir, e, zero_stage(merged_ds_config(cfg, e)[1]), world_size, str(old.get(e, "")))
@@ -91,12 +98,7 @@ def _convert_one(src: Path, out: Path) -> str:
 
     The converter builds regular expressions and glob patterns from its folder paths, so a run folder named e.g.
     'lr3e-4+warm' breaks it; it is handed symlinks with plain names instead (its output still lands in `out`)."""
-    import argparse
-    import tempfile
-
     from deepspeed.checkpoint import ds_to_universal
-
-    from gpt_ds.checkpoint.safe_load import weights_only_loads
     log = io.StringIO()
     with tempfile.TemporaryDirectory(prefix="gpt_ds_universal_") as links:
         (Path(links) / "in").symlink_to(src.resolve(), target_is_directory=True)
@@ -166,7 +168,6 @@ def _universal_load(engine):
 
 def prepare(step_dir: Path, engines: dict, world_size: int, rank: int) -> dict[str, str]:
     """Every rank: the plan per engine; rank 0 converts if any engine needs it, the others wait and share its error."""
-    from gpt_ds.dist.agree import rank0_decides
     plans = {name: plan(step_dir, name, eng.zero_optimization_stage(), world_size)
              for name, eng in engines.items() if eng is not None}
     if "universal" in plans.values():
@@ -190,7 +191,6 @@ def prepare(step_dir: Path, engines: dict, world_size: int, rank: int) -> dict[s
 def load_engine(engine, step_dir: Path, name: str, how: str) -> None:
     """Load one engine's weights, optimizer and scheduler state, natively or from the universal copy."""
     kw = dict(tag=name, load_optimizer_states=True, load_lr_scheduler_states=True)
-    from gpt_ds.checkpoint.safe_load import weights_only_loads
     if how == "native":
         with weights_only_loads():
             path, _ = engine.load_checkpoint(str(step_dir), **kw)
@@ -209,10 +209,7 @@ def _repair_stage3_load(engine, optim_file: Path) -> None:
     every optimizer group gets group 0's settings (the no-decay group of biases and LayerNorms would decay), and all
     groups share ONE Adam step tensor, which torch's Adam increments in place once per group per step (the second
     group's bias correction would run ahead)."""
-    import torch
-
-    from gpt_ds.checkpoint.safe_load import load
-    saved = load(optim_file, map_location="cpu")  # weights only; a refused or corrupt file is named
+    saved = safe_load.load(optim_file, map_location="cpu")  # weights only; a refused or corrupt file is named
     saved = saved["optimizer_state_dict"]["param_groups"]
     groups = engine.optimizer.param_groups
     if len(saved) != len(groups):

@@ -8,10 +8,15 @@ means nothing once the run folder is copied elsewhere. The copy here is what `gp
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
+from gpt_ds.checkpoint import write_atomic
 from gpt_ds.errors import GptDsError
 
 TOKENIZER = "tokenizer"
@@ -23,9 +28,8 @@ def ds_config_file(engine: str) -> str:
 
 def snapshot(run_dir: Path, tokenizer_dir: str | None, ds_configs: dict[str, dict]) -> None:
     """Rank 0, at start: copy the tokenizer and the engines' ds_configs in, each written aside and then renamed."""
-    from gpt_ds.checkpoint import _write_atomic
     for engine, ds in ds_configs.items():
-        _write_atomic(run_dir / ds_config_file(engine), json.dumps(ds, indent=1, sort_keys=True, default=str) + "\n")
+        write_atomic(run_dir / ds_config_file(engine), json.dumps(ds, indent=1, sort_keys=True, default=str) + "\n")
     if not tokenizer_dir:
         return  # synthetic data: no tokenizer to keep
     source, dest = Path(tokenizer_dir).resolve(), run_dir / TOKENIZER
@@ -60,10 +64,6 @@ def run_lock(run_dir: Path):
     """One job per run folder: an exclusive flock on RUN_DIR/.gpt_ds.lock for the run's lifetime, taken by the
     launcher (or global rank 0 under srun). The kernel drops it when the process dies, so there is no stale lock to
     clean up; the file says who holds it, for the message the second job prints."""
-    import fcntl
-    import os
-    import socket
-    import time
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     f = open(path, "a+")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import threading
+from pathlib import Path
 
 import torch
 
@@ -66,7 +67,6 @@ def verify_files(step_dir) -> int:
     """Read every .pt file of a step folder as data only (memory-mapped: the pickles are read, the tensors are not),
     before any rank starts: a refused file stops the launch with one message instead of one rank failing inside
     DeepSpeed's collective load while the others wait. Returns the number of files read."""
-    from pathlib import Path
     files = sorted(Path(step_dir).rglob("*.pt"))
     for path in files:
         load(path, map_location="cpu", mmap=True)

@@ -1,4 +1,5 @@
-"""One `data.sources` entry -> a row dataset: a store built by `gpt-ds prepare`, or text files tokenized at open time.
+"""The run's dataset (`open_dataset`): each `data.sources` entry is a store built by `gpt-ds prepare` or text files
+tokenized at open time; several are blended by weight.
 
 Text sources are for small corpora (every rank tokenizes them itself at start); anything large goes through `prepare`.
 """
@@ -8,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt_ds.data.datasets import PackedDataset, Shard
+from gpt_ds.config import ConfigError
+from gpt_ds.data import RowDataset
+from gpt_ds.data.datasets import BlendedDataset, PackedDataset, Shard, SyntheticDataset
 from gpt_ds.data.encode import Encoder, encode_documents
 from gpt_ds.data.packing import cut_points, pack_rows
 from gpt_ds.data.readers import ReadStats, expand_inputs, iter_parts
-from gpt_ds.data.tokenizer import sentence_end_table, special_ids, tokenizer_fingerprint, vocab_size_of
+from gpt_ds.data.store.index import open_store_dataset
+from gpt_ds.data.tokenizer import (sentence_end_table, special_ids, tokenizer_fingerprint, tokenizer_info,
+                                   vocab_size_of)
 from gpt_ds.errors import GptDsError
 
 BATCH_PARTS = 256
@@ -62,3 +67,32 @@ def text_source(path: str, tokenizer, tokenizer_dir: str, *, seq_len: int, pairs
                        fingerprint=tokenizer_fingerprint(tokenizer), seed=seed, name=str(path))
     ds.read_stats = stats
     return ds
+
+
+def open_dataset(cfg) -> RowDataset:
+    """The run's dataset from `cfg.data` (synthetic rows, text sources, stores, or a weighted blend of them)."""
+    d, seed = cfg.data, cfg.run.seed
+    if d.synthetic:
+        return SyntheticDataset(d.synthetic_samples, d.seq_len, cfg.model.vocab_size, seed)
+    if not d.sources:
+        raise ConfigError("data.sources is empty: give text files/folders or stores built by `gpt-ds prepare` "
+                          "(data.sources='[path]'), or set data.synthetic=true")
+    parts = [_open_source(s.path, cfg) for s in d.sources]
+    ds = parts[0] if len(parts) == 1 else BlendedDataset(parts, [s.weight for s in d.sources], seed)
+    if cfg.model.vocab_size and cfg.model.vocab_size < ds.vocab_size:
+        raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
+                          f"({ds.vocab_size}); set model.vocab_size=0 to take it from the tokenizer")
+    return ds
+
+
+def _open_source(path: str, cfg):
+    d = cfg.data
+    if not Path(path).exists():
+        raise ConfigError(f"data.sources: '{path}' does not exist")
+    if is_store(path):
+        return open_store_dataset(path, cfg)
+    if not d.tokenizer:
+        raise ConfigError(f"data.sources '{path}' is text, so data.tokenizer must name a tokenizer folder "
+                          f"(train one with `gpt-ds tokenizer train`)")
+    tok = tokenizer_info(d.tokenizer)
+    return text_source(path, tok, d.tokenizer, seq_len=d.seq_len, pairs=d.two_segments, seed=cfg.run.seed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+import torch.distributed as dist
+
 from gpt_ds.errors import GptDsError
 
 T = TypeVar("T")
@@ -16,7 +18,6 @@ T = TypeVar("T")
 
 def once_across_ranks(fn: Callable[[], T], rank: int, world_size: int) -> T:
     """COLLECTIVE when a process group of several ranks exists: every rank must call it."""
-    import torch.distributed as dist
     result, error = None, None
     try:
         result = fn()
@@ -42,7 +43,6 @@ def rank0_decides(fn: Callable[[], T], rank: int, world_size: int) -> T:
     """COLLECTIVE when a process group of several ranks exists. fn runs on rank 0 only; it reports a problem by
     raising GptDsError, which every rank then raises (quietly but on rank 0). Anything else fn raises is a bug and
     propagates on rank 0 after the others were told, so that none waits in the broadcast for ever."""
-    import torch.distributed as dist
     box: list = [("ok", None)]
     failure: BaseException | None = None
     if rank == 0:

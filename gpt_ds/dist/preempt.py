@@ -13,6 +13,9 @@ import sys
 import time
 from typing import Iterable
 
+import torch
+import torch.distributed as dist
+
 # 75 = EX_TEMPFAIL in sysexits.h ("temporary failure; the user is invited to retry"). Not 1 (any error), 2 (our CLI's
 # usage/config errors), 124 (timeout(1)), 125-127 (shell/exec failures) nor 128+N (killed by signal N).
 REQUEUE_EXIT_CODE = 75
@@ -85,9 +88,7 @@ class PreemptionHandler:
         if self._decided:
             return True
         flag = 1 if self.requested_locally() else 0
-        import torch.distributed as dist
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            import torch
             device = torch.device("cpu")
             if dist.get_backend() == "nccl":
                 device = torch.device("cuda", torch.cuda.current_device())

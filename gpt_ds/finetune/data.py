@@ -8,8 +8,13 @@ silently.
 from __future__ import annotations
 
 import difflib
+import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import datasets
+from transformers import AutoTokenizer
 
 from gpt_ds.errors import GptDsError
 
@@ -73,7 +78,6 @@ def _format_of(path: Path) -> str:
 
 def _read(path: Path, role: str):
     """One split as a `datasets.Dataset` (library readers; errors rephrased with the file named)."""
-    import datasets
 
     if not path.exists():
         raise GptDsError(f"--{role} {path}: no such file or folder")
@@ -132,7 +136,6 @@ def read_split(path: Path, role: str, text_field: str, pair_field: str | None, l
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """A fixed, seeded share of the training rows held out for selection (the same whatever the fine-tuning seed)."""
-    import random
     n = len(train.texts)
     n_val = int(round(n * fraction))
     if not 0 < n_val < n:
@@ -152,7 +155,6 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
 
 def subsample(train: Split, rows: int, seed: int) -> Split:
     """A fixed, seeded subset of the training rows (the label-scarce setting), the same for every model and seed."""
-    import random
     if rows >= len(train.texts):
         return train
     idx = sorted(random.Random(seed).sample(range(len(train.texts)), rows))
@@ -170,7 +172,6 @@ def load_task(paths: dict[str, str | None], text_field: str, pair_field: str | N
     paths = dict(paths)
     train = Path(paths["train"])
     if (train / "dataset_dict.json").is_file():  # a saved DatasetDict also gives the splits not passed on their own
-        import json
         names = json.loads((train / "dataset_dict.json").read_text()).get("splits", [])
         for role in ("validation", "test"):
             if not paths.get(role) and role in names:
@@ -195,7 +196,6 @@ def load_task(paths: dict[str, str | None], text_field: str, pair_field: str | N
 
 
 def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                                                     "spiece.model", "sentencepiece.bpe.model")):
         raise GptDsError(f"{model_dir}: no tokenizer files (tokenizer.json / tokenizer_config.json); export with the "

@@ -19,12 +19,27 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
+from transformers.utils import logging as hf_logging
 
 from gpt_ds.errors import GptDsError
 from gpt_ds.finetune.data import SPLITS, Task, encode, load_task, load_tokenizer
 from gpt_ds.finetune.metrics import METRICS, classification_metrics, median_over_seeds
 from gpt_ds.model.weight_decay import decays
 from gpt_ds.train.schedule import make_scheduler
+
+
+DEFAULT_LR = "3e-4"
+
+
+def _lr_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': one learning rate or several separated by commas") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-save", action="store_true", help="report only; write no model")
     p.add_argument("--random-init", action="store_true", help="same architecture, no pretrained weights (control)")
     g = p.add_argument_group("recipe (ELECTRA-Small's fine-tuning defaults)")
-    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--lr", type=_lr_list, default=_lr_list(DEFAULT_LR),
+                   help="peak learning rate of the head; several, comma-separated (3e-4,1e-3,3e-3), are each run "
+                        "with every seed and the one with the best median validation score is reported: the "
+                        f"search every fair comparison needs (default {DEFAULT_LR})")
     g.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise lr decay; 1 = off")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
@@ -63,14 +81,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_recipe(a: argparse.Namespace) -> None:
     bad = []
-    for name, ok in (("lr", a.lr > 0 and a.lr == a.lr), ("layer-decay", 0 < a.layer_decay <= 1),
+    for name, ok in (("lr", bool(a.lr) and all(0 < x < float("inf") for x in a.lr)),
+                     ("layer-decay", 0 < a.layer_decay <= 1),
                      ("weight-decay", a.weight_decay >= 0), ("warmup-ratio", 0 <= a.warmup_ratio < 1),
                      ("epochs", a.epochs > 0), ("batch-size", a.batch_size > 0), ("seeds", a.seeds >= 1),
                      ("max-length", a.max_length >= 0), ("evals-per-epoch", a.evals_per_epoch >= 1),
                      ("validation-fraction", 0 < a.validation_fraction < 1), ("max-grad-norm", a.max_grad_norm >= 0),
                      ("train-rows", a.train_rows >= 0)):
         if not ok:
-            bad.append(f"--{name} {getattr(a, name.replace('-', '_'))}")
+            value = getattr(a, name.replace('-', '_'))
+            bad.append(f"--{name} {','.join(map(str, value)) if isinstance(value, list) else value}")
     if bad:
         raise GptDsError(f"out of range: {', '.join(bad)} (see gpt-ds finetune --help)")
 
@@ -79,7 +99,6 @@ def check_recipe(a: argparse.Namespace) -> None:
 
 
 def load_config(model_dir: Path, label_names: list[str]):
-    from transformers import AutoConfig
     if not (model_dir / "config.json").is_file():
         raise GptDsError(f"{model_dir}: no config.json; give an exported model folder (gpt-ds export --out X: "
                          f"X/discriminator)")
@@ -90,8 +109,6 @@ def load_config(model_dir: Path, label_names: list[str]):
 
 def build_model(model_dir: Path, config, random_init: bool):
     """A stock AutoModelForSequenceClassification; refuses a pretrained load that leaves encoder weights missing."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected; checked below instead
     try:
@@ -150,15 +167,12 @@ def predict(model, loader, accelerator) -> tuple[list[int], list[int]]:
     return labels, preds
 
 
-def finetune_seed(seed: int, a: argparse.Namespace, accelerator, model_dir: Path, config, features: dict,
+def finetune_seed(seed: int, lr: float, a: argparse.Namespace, accelerator, model_dir: Path, config, features: dict,
                   collate, log) -> tuple[dict, dict]:
     """One fine-tuning run; returns its figures and the CPU state dict of its best validation point."""
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-
     set_seed(seed)  # the same head init (and, with --random-init, the same encoder) on every process
     model = build_model(model_dir, config, a.random_init)
-    optimizer = torch.optim.AdamW(layerwise_groups(model, a.lr, a.layer_decay, a.weight_decay), lr=a.lr,
+    optimizer = torch.optim.AdamW(layerwise_groups(model, lr, a.layer_decay, a.weight_decay), lr=lr,
                                   betas=(0.9, 0.999), eps=1e-6)
     order = torch.Generator().manual_seed(seed)
     train_dl = DataLoader(features["train"], batch_size=a.batch_size, shuffle=True, collate_fn=collate,
@@ -195,7 +209,8 @@ def finetune_seed(seed: int, a: argparse.Namespace, accelerator, model_dir: Path
                                   for k, v in accelerator.unwrap_model(model).state_dict().items()}
                 train_loss = torch.stack(losses).float().mean().item()
                 losses = []
-                log(f"seed {seed} step {step}/{total} epoch {step / steps_per_epoch:.2f} train loss {train_loss:.4f} "
+                log(f"{'' if len(a.lr) == 1 else f'lr {lr:g} '}seed {seed} step {step}/{total} "
+                    f"epoch {step / steps_per_epoch:.2f} train loss {train_loss:.4f} "
                     f"validation " + " ".join(f"{m} {val[m]:.4f}" for m in METRICS) + (" (best)" if better else ""))
             if step >= total:
                 break
@@ -218,7 +233,6 @@ def default_out(model_dir: Path, random_init: bool) -> Path:
 
 def save_best(out: Path, model_dir: Path, config, state: dict, tokenizer, summary: dict) -> None:
     """The best seed's model as a stock HF folder (safetensors + tokenizer + results.json), written aside, renamed."""
-    from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_config(config)
     model.load_state_dict(state)
     tmp = out.with_name(out.name + ".tmp")
@@ -232,10 +246,6 @@ def save_best(out: Path, model_dir: Path, config, state: dict, tokenizer, summar
 
 
 def finetune(a: argparse.Namespace) -> dict:
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-    from transformers import DataCollatorWithPadding
-
     check_recipe(a)
     model_dir = Path(a.model_dir)
     if not model_dir.is_dir():
@@ -274,20 +284,35 @@ def finetune(a: argparse.Namespace) -> dict:
         f"{task.label_names[:10]}, " + ", ".join(f"{s} {c['examples']}" for s, c in counts.items()) +
         f"; {n_proc} process(es) on {accelerator.device}, max length {max_length}")
     collate = DataCollatorWithPadding(tokenizer)
-    per_seed, best_state, best_val = [], None, None
-    for seed in range(a.first_seed, a.first_seed + a.seeds):
-        result, state = finetune_seed(seed, a, accelerator, model_dir, config, features, collate, log)
-        per_seed.append(result)
-        score = result["validation"][a.select_metric]
-        if best_val is None or score > best_val:
-            best_val, best_state, best_seed = score, state, seed
-        log(f"seed {seed} done: best validation {a.select_metric} {score:.4f} at step {result['best_step']}"
-            + (f", test {a.select_metric} {result['test'][a.select_metric]:.4f}" if "test" in result else ""))
-    recipe = {k: getattr(a, k) for k in ("lr", "layer_decay", "weight_decay", "warmup_ratio", "epochs", "batch_size",
+    searched = []  # per learning rate: its seeds, medians and best seed's weights
+    for lr in a.lr:
+        per_seed, best_state, best_val, best_seed = [], None, None, None
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
+            result, state = finetune_seed(seed, lr, a, accelerator, model_dir, config, features, collate, log)
+            per_seed.append(result)
+            score = result["validation"][a.select_metric]
+            if best_val is None or score > best_val:
+                best_val, best_seed = score, seed
+                best_state = state if not a.no_save else None
+            log(f"{'' if len(a.lr) == 1 else f'lr {lr:g} '}seed {seed} done: best validation {a.select_metric} "
+                f"{score:.4f} at step {result['best_step']}"
+                + (f", test {a.select_metric} {result['test'][a.select_metric]:.4f}" if "test" in result else ""))
+        searched.append({"lr": lr, "seeds": per_seed, "state": best_state, "best_seed": best_seed,
+                         "median": {s: median_over_seeds(per_seed, s) for s in ("validation", "test")}})
+        if len(a.lr) > 1:
+            val = searched[-1]["median"]["validation"][a.select_metric]
+            log(f"lr {lr:g}: median validation {a.select_metric} {val:.4f}")
+    # the learning rate is chosen on validation only (the first listed wins a tie); test is read at that one
+    chosen = max(searched, key=lambda r: r["median"]["validation"][a.select_metric])
+    per_seed, best_state, best_seed = chosen["seeds"], chosen["state"], chosen["best_seed"]
+    recipe = {k: getattr(a, k) for k in ("layer_decay", "weight_decay", "warmup_ratio", "epochs", "batch_size",
                                          "max_grad_norm", "evals_per_epoch", "select_metric", "train_rows")}
     summary = {"model": str(model_dir), "random_init": a.random_init, "labels": task.label_names, "data": counts,
-               "recipe": dict(recipe, max_length=max_length, processes=n_proc), "seeds": per_seed,
-               "median": {s: median_over_seeds(per_seed, s) for s in ("validation", "test")}}
+               "recipe": dict(recipe, lr=chosen["lr"], max_length=max_length, processes=n_proc), "seeds": per_seed,
+               "median": chosen["median"]}
+    if len(a.lr) > 1:
+        summary["lr_search"] = [{"lr": r["lr"], "median": r["median"]} for r in searched]
+        log(f"lr {chosen['lr']:g} chosen on validation (of {', '.join(f'{x:g}' for x in a.lr)})")
     if not a.no_save:
         out = Path(a.out) if a.out else default_out(model_dir, a.random_init)
         summary["out"] = str(out)
@@ -300,7 +325,6 @@ def finetune(a: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # a job log gets our lines, not redrawn bars
     summary = finetune(args)
     if summary:

@@ -10,15 +10,19 @@ cannot be built, `ops()` returns None after one warning and the callers keep the
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
 import sys
 import threading
+import time
 
 import torch
+from torch.utils.cpp_extension import _get_build_directory, get_default_build_root, load
 
 from gpt_ds.kernels.noise import GOLDEN, MASK32, mix32
+from gpt_ds.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 LEVELS = 1 << 16  # dropout resolution: 16 random bits per element
@@ -54,9 +58,6 @@ def clear_stale_build_locks(max_age_s: float = STALE_LOCK_S) -> list[str]:
     torch's cpp_extension waits on such a lock with no time limit and no message, so one build killed halfway (a
     preempted job, Ctrl-C) made every later run on that home directory hang silently. A lock older than `max_age_s`
     has no live builder behind it; it is removed with a line saying so. Returns the removed paths."""
-    import glob
-    import time
-    from torch.utils.cpp_extension import get_default_build_root
     # ROOT/<python_cuda tag>/<name>/lock by default; TORCH_EXTENSIONS_DIR/<name>/lock when that is set
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
     removed = []
@@ -81,9 +82,6 @@ def _build():
     if shutil.which("ninja") is None and os.path.exists(os.path.join(bindir, "ninja")):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
     try:
-        from torch.utils.cpp_extension import _get_build_directory, load
-
-        from gpt_ds.watchdog import Watchdog
         src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cpp")
         name = f"gpt_ds_cpu_ops_{cap.lower()}"
         lock = os.path.join(_get_build_directory(name, False), "lock")

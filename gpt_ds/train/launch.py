@@ -6,6 +6,8 @@ ranks (CPU: gloo; GPU: one per device) and forwards preemption signals to them.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
 import functools
 import logging
 import os
@@ -14,10 +16,22 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
 
+import torch
+
+from gpt_ds import checkpoint
+from gpt_ds.checkpoint.compat import check_resume_compatible
+from gpt_ds.checkpoint.run_files import LOCK_HELD_ENV, run_lock
+from gpt_ds.checkpoint.safe_load import verify_files
 from gpt_ds.config import Config, ConfigError, load_config
 from gpt_ds.errors import GptDsError
-from gpt_ds.checkpoint.run_files import LOCK_HELD_ENV, run_lock
+from gpt_ds.dist.env import cuda_device_for, deepspeed_arch_list, detect_env, export_env
+from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE
+from gpt_ds.kernels.cpu_ext import clear_stale_build_locks
+from gpt_ds.watchdog import HUNG_EXIT_CODE, peer_lost
+from gpt_ds.zero.check import check_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,10 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True) -> None:
     """Every problem found before launch, listed at once. `checksums`: read every checkpoint file against its manifest
     (one process does; under srun each task runs this, and the others check sizes only)."""
-    from pathlib import Path
-
-    from gpt_ds import checkpoint
-    from gpt_ds.zero.check import check_run
     problems = check_run(cfg, world_size)  # batch arithmetic, both ds_configs, contradictions with this config
     if not cfg.data.synthetic:
         if not cfg.data.sources:
@@ -48,9 +58,7 @@ def preflight(cfg: Config, world_size: int, resume: str, checksums: bool = True)
         if step_dir is not None and checksums:
             checkpoint.mark_verified(step_dir)  # the ranks (spawned from here, or this process) read sizes only
         if step_dir is not None:
-            from gpt_ds.checkpoint.compat import check_resume_compatible
             check_resume_compatible(checkpoint.read_state(step_dir), cfg, world_size, step_dir)
-            from gpt_ds.checkpoint.safe_load import verify_files
             verify_files(step_dir)
     except GptDsError as e:
         problems.append(str(e))
@@ -130,7 +138,6 @@ def _term_when_parent_dies(launcher_pid: int) -> None:
     exactly once (twice would mean "stop at once" to the ranks)."""
     os.setpgid(0, 0)
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return  # not Linux: the launcher's own signal forwarding still covers TERM/INT/USR1
@@ -139,7 +146,6 @@ def _term_when_parent_dies(launcher_pid: int) -> None:
 
 
 def _is_requeue(code: int) -> bool:
-    from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE
     return code == REQUEUE_EXIT_CODE
 
 
@@ -148,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc {args.nproc}: the number of local ranks must be >= 1")
     cfg = load_config(args.config, args.overrides)
     resume = args.resume or cfg.checkpoint.resume
-    from gpt_ds.dist.env import detect_env
     env = detect_env()
     if env.launcher == "single" and args.nproc > 1:
         preflight(cfg, args.nproc, resume)
@@ -163,29 +168,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_here(cfg: Config, env, resume: str) -> int:
-    from gpt_ds.dist.env import export_env
     if env.launcher == "single":  # nobody else joins: any free port, so two single runs never collide
-        import dataclasses
         env = dataclasses.replace(env, master_addr="127.0.0.1", master_port=_free_port())
     export_env(env)
     return train_rank(cfg, env, resume)
 
 
 def train_rank(cfg: Config, env, resume: str) -> int:
-    import torch
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"
-    import warnings
     # DeepSpeed 0.19's collectives call torch 2.13 names that warn on every call: hundreds of lines per job log
     warnings.filterwarnings("ignore", message=".*(reduce_scatter_tensor|all_gather_into_tensor).*is deprecated")
     if env.local_rank == 0:  # DeepSpeed builds its ops (on the CPU: the shared-memory collective) on first use
-        from gpt_ds.kernels.cpu_ext import clear_stale_build_locks
         clear_stale_build_locks()
-    import deepspeed
+    import deepspeed  # deepspeed and the trainer load in a rank only: the --nproc launcher never pays for them
     deepspeed.utils.logger.setLevel(logging.WARNING)
     cpu = os.environ.get("DS_ACCELERATOR") == "cpu"
     if not cpu:
-        from gpt_ds.dist.env import cuda_device_for, deepspeed_arch_list
         torch.cuda.set_device(cuda_device_for(env.local_rank, torch.cuda.device_count(), env.local_world_size))
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if arch and deepspeed_arch_list(arch) != arch:
@@ -209,7 +208,6 @@ def train_rank(cfg: Config, env, resume: str) -> int:
         sys.stdout.flush()
         os._exit(2)
     except RuntimeError as e:
-        from gpt_ds.watchdog import HUNG_EXIT_CODE, peer_lost
         if env.world_size == 1 or not peer_lost(e):
             raise
         # another rank died (killed, OOM, a lost node): its launcher or srun names it; a traceback from inside the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import resource
 import sys
 import time
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from gpt_ds.train.metrics_file import NAME, drop_rows_after
 
@@ -103,7 +105,6 @@ def peak_memory_gib() -> float:
     """This process's peak: the accelerator's allocator on a GPU, the resident set on the CPU."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**30
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
@@ -171,7 +172,6 @@ class MetricsLogger:
         if wandb:  # {name, project, mode, config}
             self.wandb = WandbSink(run_dir, **wandb)
         if progress_bar and sys.stderr.isatty():  # a terminal gets a bar; a job log gets progress_line()s
-            from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
                             mininterval=2.0)
         self.t0 = time.time()

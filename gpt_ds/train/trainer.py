@@ -18,7 +18,7 @@ import torch.distributed as dist
 from gpt_ds import __version__
 from gpt_ds.checkpoint.compat import check_resume_compatible
 from gpt_ds.config import Config, batch_layout, dump_config
-from gpt_ds.data import open_dataset
+from gpt_ds.data.sources import open_dataset
 from gpt_ds.data.sampler.loader import StepLoader
 from gpt_ds.watchdog import Watchdog
 from gpt_ds.dist.agree import once_across_ranks, rank0_decides

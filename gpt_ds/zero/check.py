@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 
 from gpt_ds.config import BatchLayout, Config, ConfigError, batch_layout, load_config
+from gpt_ds.ds_config import load_ds_json, merged_ds_config, resolve_ds_config
 from gpt_ds.model.sizes import generator_sizes
+from gpt_ds.zero.keys import key_problems, strip_unknown
+from gpt_ds.zero.rules import combination_problems
+from gpt_ds.zero.schema import parse_with_deepspeed
 
 
 def engines_of(cfg: Config) -> tuple[str, ...]:
@@ -27,7 +34,6 @@ def _lenient_layout(cfg: Config, world_size: int) -> BatchLayout:
 
 def _sources(cfg: Config, engine: str, path) -> list[tuple[str, dict]]:
     """Each dict the engine's ds_config is merged from, with the name a message should point at."""
-    from gpt_ds.ds_config import load_ds_json
     out = [(str(path), load_ds_json(path, f"deepspeed.{engine}"))]
     if cfg.deepspeed.overrides:
         out.append(("config key deepspeed.overrides", cfg.deepspeed.overrides))
@@ -39,11 +45,6 @@ def _sources(cfg: Config, engine: str, path) -> list[tuple[str, dict]]:
 
 def check_report(cfg: Config, world_size: int) -> tuple[list[str], list[str]]:
     """(problems, notes): problems make a launch fail or silently misbehave; notes are advice."""
-    from gpt_ds.ds_config import merged_ds_config, resolve_ds_config
-    from gpt_ds.zero.keys import key_problems, strip_unknown
-    from gpt_ds.zero.rules import combination_problems
-    from gpt_ds.zero.schema import parse_with_deepspeed
-
     problems: list[str] = []
     notes: list[str] = []
 
@@ -96,7 +97,7 @@ def check_report(cfg: Config, world_size: int) -> tuple[list[str], list[str]]:
 def checkpoint_bytes(cfg: Config) -> int:
     """About what one step folder takes: every parameter in the training precision, plus Adam's fp32 master copy
     (when training in 16 bits) and two moments, for both towers; 5% for the rest (RNG, state, manifest)."""
-    from gpt_ds.zero.sizes import ASSUMED_VOCAB, towers, vocab_size
+    from gpt_ds.zero.sizes import ASSUMED_VOCAB, towers, vocab_size  # torch and transformers: a launch check only
     per_param = 4 + 8 if cfg.train.precision == "fp32" else 2 + 12
     params = sum(t.params for t in towers(cfg, vocab_size(cfg, default=ASSUMED_VOCAB)))
     return int(params * per_param * 1.05)
@@ -104,9 +105,6 @@ def checkpoint_bytes(cfg: Config) -> int:
 
 def run_dir_problems(cfg: Config) -> list[str]:
     """run.dir must take files, with room for one more checkpoint (a save writes the new step before it prunes)."""
-    import os
-    import shutil
-    import tempfile
     run_dir = cfg.run_dir.resolve()
     existing = run_dir
     while not existing.exists() and existing != existing.parent:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
+from gpt_ds.flops import step_flops
 from gpt_ds.kernels import encoder_fast_paths
 from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
 from gpt_ds.zero.sizes import (ASSUMED_VOCAB, activation_bytes, cpu_kernels_active, head_impl, head_workspace,
@@ -38,7 +39,6 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
     `on_gpu=False` estimates a run whose engines live in CPU memory (the CPU runs that check this estimate): "auto"
     heads run their chunked-PyTorch path, attention with dropout its math path, and offloaded parameters are used
     where they lie; each row's `peak_one_memory_bytes` then adds what the engines hold in CPU memory."""
-    from gpt_ds.flops import step_flops
     world = nodes * gpus_per_node
     layout = batch_layout(cfg, world)
     prec = cfg.train.precision

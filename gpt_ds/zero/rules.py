@@ -4,6 +4,8 @@ Each rule reads one engine's merged ds_config (file + overrides, before gpt_ds f
 """
 from __future__ import annotations
 
+import shutil
+
 OFFLOADING = ("cpu", "nvme")
 
 
@@ -100,7 +102,6 @@ def _cpu_adam_unavailable() -> str:
             return "DeepSpeed's CPUAdamBuilder reports it incompatible with this machine"
     except Exception as e:  # noqa: BLE001 - an op builder that cannot even load is the finding
         return f"{type(e).__name__}: {e}"
-    import shutil
     if not (shutil.which("ninja") and (shutil.which("c++") or shutil.which("g++"))):
         return "no ninja or C++ compiler on PATH for DeepSpeed's just-in-time build"
     return ""

@@ -21,9 +21,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import torch
+from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
 from gpt_ds.config import Config, ConfigError
+from gpt_ds.kernels import cpu_ext
+from gpt_ds.kernels import head_impl as kernels_head_impl
 from gpt_ds.kernels.discriminator_torch import rows_per_block
-from gpt_ds.kernels.generator_torch import TILE_ELEMS, TILE_ROWS, tile_cols  # the chunked heads' own tiling
+from gpt_ds.kernels.generator_torch import TILE_ROWS, tile_cols  # the chunked heads' own tiling
+from gpt_ds.model.sizes import generator_sizes
+from gpt_ds.model.weight_decay import decays
 
 GEN_TILES = {"forward": 3, "backward": 2}  # logits, Gumbel noise, logits / T | logits -> gradient, gather temporaries
 DISC_BLOCKS = {"forward": 2, "backward": 3}  # pre-activation, GELU | pre, GELU x d, d(pre)
@@ -56,7 +63,6 @@ def vocab_size(cfg: Config, default: int | None = None) -> int:
         return cfg.model.vocab_size
     if cfg.data.tokenizer:
         try:
-            from transformers import AutoTokenizer
             return len(AutoTokenizer.from_pretrained(cfg.data.tokenizer))
         except (OSError, ValueError) as e:
             raise ConfigError(f"data.tokenizer '{cfg.data.tokenizer}' could not be read for its vocabulary size "
@@ -69,10 +75,6 @@ def vocab_size(cfg: Config, default: int | None = None) -> int:
 @functools.lru_cache(maxsize=16)
 def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, ffn: int, pos: int,
                 tied: bool = True) -> tuple:
-    import torch
-    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
-
-    from gpt_ds.model.weight_decay import decays
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
                          tie_word_embeddings=tied)
@@ -88,7 +90,6 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
 def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
     """The engines gpt_ds builds: the generator (ElectraForMaskedLM) and, for ELECTRA, the discriminator
     (ElectraForPreTraining; under GDES its word/position tables hold the zero-initialised deltas, same shapes)."""
-    from gpt_ds.model.sizes import generator_sizes
     m = cfg.model
     v = vocab or vocab_size(cfg)
     specs = []
@@ -116,7 +117,6 @@ def cpu_kernels_active(on_gpu: bool) -> bool:
     """Whether training runs gpt_ds's C++ CPU kernels (kernels.cpu_ext): on the CPU, when they are built."""
     if on_gpu:
         return False
-    from gpt_ds.kernels import cpu_ext
     return cpu_ext.ops() is not None
 
 
@@ -188,8 +188,7 @@ def head_impl(kernels: str, on_gpu: bool = True) -> str:
     assumes Triton will be there)."""
     if kernels == "auto" and on_gpu:
         return "triton"
-    from gpt_ds.kernels import head_impl as decide
-    return decide(kernels, on_gpu)
+    return kernels_head_impl(kernels, on_gpu)
 
 
 def head_workspace(t: Tower, cfg: Config, micro: int, act_bytes: int, impl: str = "triton") -> dict:

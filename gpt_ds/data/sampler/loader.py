@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import numpy as np
 import torch
@@ -80,7 +81,6 @@ class StepLoader:
         if self._thread is None:
             out = self.build(self.step)
         else:
-            import time
             t0 = time.perf_counter()
             step, out, err = self._queue.get()
             self.wait_s += time.perf_counter() - t0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ import numpy as np
 from gpt_ds.data.datasets import PackedDataset
 from gpt_ds.data.packing import MAX_EMPTY, ROW_COLUMNS, cut_points, pack_rows
 from gpt_ds.data.store import StoreShard, read_manifest
+from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info
 from gpt_ds.errors import GptDsError
 
 PACKING_VERSION = 1
@@ -75,7 +77,6 @@ def build_index(root, seq_len: int, pairs: bool = False, workers: int = 1, quiet
     jobs = [(str(root), i, e, m["dtype"], table, seq_len, pairs, int(offsets[i])) for i, e in enumerate(m["shards"])]
     own_pool = None
     if pool is None and workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
         pool = own_pool = mp.get_context("fork").Pool(min(workers, len(jobs)))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -147,8 +148,6 @@ def run(args) -> int:
 
 def open_store_dataset(path, cfg) -> PackedDataset:
     """A store as a row dataset for cfg.data.seq_len; refuses a tokenizer other than the run's."""
-    from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info
-
     root = Path(path)
     m = read_manifest(root)
     tok_dir = str(root / "tokenizer")

@@ -11,8 +11,10 @@ inputs give a byte-identical store (no timestamps; document order is the sorted 
 from __future__ import annotations
 
 import collections
+import ctypes
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -21,10 +23,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from gpt_ds.data.encode import Encoder
 from gpt_ds.data.readers import ReadStats, expand_inputs, iter_parts
-from gpt_ds.data.store.writer import ShardWriter
 from gpt_ds.data.store import FORMAT, VERSION, read_manifest
+from gpt_ds.data.store.index import build_index
+from gpt_ds.data.store.writer import ShardWriter
+from gpt_ds.data.tokenizer import (sentence_end_table, special_ids, tokenizer_fingerprint, tokenizer_info,
+                                   vocab_size_of)
 from gpt_ds.errors import GptDsError
 
 BATCH_CHARS = 1 << 18  # characters per tokenization batch
@@ -45,7 +52,6 @@ def _fixed_malloc_thresholds() -> None:
     """glibc raises its mmap threshold each time a large block is freed, after which the ~MB token arrays passing
     through here fragment the heap and the main process grows with the corpus; fixed thresholds keep it flat."""
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD: blocks >= 128 KiB are mmap'ed and returned on free
         libc.mallopt(-1, 1 << 17)  # M_TRIM_THRESHOLD
@@ -55,7 +61,6 @@ def _fixed_malloc_thresholds() -> None:
 
 def _init_worker(tokenizer_dir: str, engine: str) -> None:
     global _ENCODER
-    from gpt_ds.data.encode import Encoder
     _ENCODER = Encoder(tokenizer_dir, engine)
 
 
@@ -94,8 +99,6 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
             txt_mode: str = "blank-line", seq_lens=(128, 512), two_segments: bool = False,
             encoder: str = "auto", quiet: bool = False) -> dict:
     """Build (or finish, or find up to date) the store at `out`; returns its manifest."""
-    from gpt_ds.data.store.index import build_index
-    from gpt_ds.data.tokenizer import tokenizer_fingerprint, tokenizer_info, vocab_size_of
 
     if not Path(tokenizer).is_dir():
         raise GptDsError(f"--tokenizer {tokenizer} is not a folder; train one with `gpt-ds tokenizer train`")
@@ -140,7 +143,6 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
     bar = None if quiet else _progress_bar()
     pool = None
     if workers > 1:
-        import multiprocessing as mp
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(str(tokenizer), encoder))
     else:
@@ -177,7 +179,6 @@ def prepare(inputs, tokenizer, out, *, workers: int = 1, shard_size="128MB", tex
 
 
 def _manifest(writer, tok, key: str, dtype: str, vocab: int, settings: dict) -> dict:
-    from gpt_ds.data.tokenizer import sentence_end_table, special_ids, tokenizer_fingerprint
     return {
         "format": FORMAT, "version": VERSION, "settings_key": key, "dtype": dtype, "vocab_size": vocab,
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tok), "specials": special_ids(tok),
@@ -203,7 +204,6 @@ def _write(writer, entries, item, bar, t0, docs0) -> None:
 
 
 def _progress_bar():
-    from tqdm import tqdm
     return tqdm(unit=" docs", file=sys.stderr, mininterval=1.0, dynamic_ncols=True, desc="prepare",
                 disable=not sys.stderr.isatty())  # a job log gets the final JSON summary, not redraws
 
