@@ -86,7 +86,7 @@ curve() {  # issue 13 on the GPU: ELECTRA and a compute-matched MLM on the news 
                 checkpoint.keep_last=8 "$@")
     # the MLM gets the FLOPs of the widest ELECTRA asked for (electra_g1's generator is as wide as the discriminator)
     local match=()
-    [[ " ${CURVE_KINDS:-mlm electra_g1} " == *" electra_g"[1f]" "* ]] && match=(model.generator_hidden_ratio=1.0)
+    [[ " ${CURVE_KINDS:-mlm electra_g1} " =~ \ electra_(g1|gf|t1)\  ]] && match=(model.generator_hidden_ratio=1.0)
     local mlm
     mlm=$("$py" -c "
 import json, sys
@@ -97,7 +97,8 @@ print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}"
     echo "curve: electra $steps steps, mlm $mlm steps (same FLOPs), $secs s limit each"
     # CURVE_KINDS: which runs, in order (each exported and tarred as soon as it ends): electra, mlm, electra_g1
     # (a generator as wide as the discriminator: the width at which the MLM left the bag-of-words plateau here) and
-    # electra_gf (that generator alone first, docs/results.md §4b)
+    # electra_gf (that generator alone first, docs/results.md §4b) and electra_t1 (that generator sampled at T=1: once
+    # it has left the plateau its samples are plausible in context, and T=2's rare pieces only teach token identity)
     local name kind n extra
     for name in ${CURVE_KINDS:-mlm electra_g1}; do
         kind=${name%%_*}; extra=(); n=$steps
@@ -106,6 +107,7 @@ print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}"
         # generator first: a full-width generator alone for the first 2/3 of the steps (it left the plateau at
         # ~1,900 steps of batch 128 in docs/results.md §4b), then both
         [[ $name == electra_gf ]] && extra=(model.generator_hidden_ratio=1.0 "objective.disc_start_step=$((n * 2 / 3))")
+        [[ $name == electra_t1 ]] && extra=(model.generator_hidden_ratio=1.0 objective.temperature=1.0)
         local t0=$SECONDS
         timeout -s USR1 -k 30 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "${extra[@]}" "objective.kind=$kind" \
             "run.dir=$work/$name" "train.max_steps=$n"

@@ -32,7 +32,7 @@ from gpt_ds.model.weight_decay import decays
 from gpt_ds.train.schedule import make_scheduler
 
 
-DEFAULT_LR = "3e-4"
+DEFAULT_LR = "1e-3"  # the best single rate for tiny encoders, pretrained or not (docs/finetune.md)
 
 
 def _lr_list(text: str) -> list[float]:
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                "(default: runs/finetune/<model folder name>[-random-init])")
     p.add_argument("--no-save", action="store_true", help="report only; write no model")
     p.add_argument("--random-init", action="store_true", help="same architecture, no pretrained weights (control)")
-    g = p.add_argument_group("recipe (ELECTRA-Small's fine-tuning defaults)")
+    g = p.add_argument_group("recipe (ELECTRA's fine-tuning; defaults for a small encoder)")
     g.add_argument("--lr", type=_lr_list, default=_lr_list(DEFAULT_LR),
                    help="peak learning rate of the head; several, comma-separated (3e-4,1e-3,3e-3), are each run "
                         "with every seed and the one with the best median validation score is reported: the "

@@ -21,6 +21,7 @@ class Discriminator(nn.Module):
     def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False,
                  fast_encoder: bool | None = None):
         super().__init__()
+        # `pt` (for ElectraForPreTraining) prefixes every parameter name in the checkpoints: renaming it breaks resume
         self.pt = ElectraForPreTraining(config)
         if fast_encoder if fast_encoder is not None else encoder_fast_paths(kernels, "auto"):
             install_fast_paths(self.pt)
