@@ -104,17 +104,27 @@ def export(work: Path, kind: str, step: int) -> Path:
     return out / ("discriminator" if kind == "electra" else "generator")
 
 
-def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bool = False) -> dict:
+def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bool = False, rows: int = 0) -> dict:
+    """`rows`: train on that fixed subset of the labels (the label-scarce setting), for `--scarce-epochs`."""
     name = ("random-init" if random_init else model.parent.name) + f"-{task}-lr{a.lr}"
+    name += f"-rows{rows}" if rows else ""
     cached = work / "finetune" / f"{name}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     args = ["finetune", model, "--train", paths["train"], "--validation", paths["validation"], "--test",
             paths["test"], "--seeds", a.seeds, "--lr", a.lr, "--no-save", *a.finetune_args]
+    if rows:
+        args += ["--train-rows", rows, "--epochs", a.scarce_epochs]
     result = last_json(gpt_ds(*args, *(["--random-init"] if random_init else []), log=work / "finetune.log"))
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(result))
     return result
+
+
+def add_means(row: dict, tasks: list[str], scarce: int) -> None:
+    row["mean"] = sum(row[t] for t in tasks) / len(tasks)
+    if scarce:
+        row[f"mean@{scarce}"] = sum(row[f"{t}@{scarce}"] for t in tasks) / len(tasks)
 
 
 def test_accuracy(result: dict) -> float:
@@ -125,7 +135,7 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = ["mean", *tasks]
+    panels = ["mean", *tasks] + [k for k in random if k.startswith("mean@")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for kind, style in (("electra", "o-"), ("mlm", "s--")):
@@ -136,7 +146,8 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
         flops = [r["flops"] for r in rows]
         ax.set_xlim(min(flops) / 2, max(flops) * 2)  # a readable decade even when all points sit at one budget
         ax.set_xlabel("pretraining FLOPs")
-        ax.set_title("mean over tasks" if panel == "mean" else panel)
+        ax.set_title("mean over tasks" if panel == "mean" else
+                     f"mean over tasks, {panel[5:]} labels" if panel.startswith("mean@") else panel)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy, % (median over seeds)")
     axes[0][0].legend()
@@ -159,6 +170,10 @@ def main() -> int:
     ap.add_argument("--lr", default="3e-4,1e-3,3e-3",
                     help="fine-tuning learning rates: each model gets the one its validation split prefers, since a "
                          "random-init encoder and a pretrained one want different rates (docs/results.md)")
+    ap.add_argument("--scarce", type=int, default=500,
+                    help="also fine-tune on this many labeled rows (the setting where a pretrained encoder matters "
+                         "most); 0 = all labels only")
+    ap.add_argument("--scarce-epochs", type=int, default=10, help="epochs for --scarce (few rows: few steps)")
     ap.add_argument("--finetune-args", nargs="*", default=[], help="more `gpt-ds finetune` options, e.g. --epochs 5")
     ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")
     a = ap.parse_args()
@@ -187,27 +202,37 @@ def main() -> int:
             row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind]}
             for t in tasks:
                 row[t] = test_accuracy(finetune(work, model, t, task_paths[t], a))
-            row["mean"] = sum(row[t] for t in tasks) / len(tasks)
+                if a.scarce:
+                    row[f"{t}@{a.scarce}"] = test_accuracy(finetune(work, model, t, task_paths[t], a, rows=a.scarce))
+            add_means(row, tasks, a.scarce)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     control = export(work, "electra", max(r["step"] for r in rows if r["objective"] == "electra"))
     random = {t: test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True)) for t in tasks}
-    random["mean"] = sum(random[t] for t in tasks) / len(tasks)
+    if a.scarce:
+        random.update({f"{t}@{a.scarce}": test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True,
+                                                                 rows=a.scarce)) for t in tasks})
+    add_means(random, tasks, a.scarce)
 
     top = {k: max((r for r in rows if r["objective"] == k), key=lambda r: r["flops"]) for k in ("electra", "mlm")}
-    print(f"\n{'objective':>9} {'step':>7} {'PFLOPs':>8} " + " ".join(f"{t[:15]:>15}" for t in tasks) + f" {'mean':>6}")
+    cols = [k for k in random if k in tasks or "@" in k and not k.startswith("mean")] + \
+        [k for k in random if k.startswith("mean")]
+    print(f"\n{'objective':>9} {'step':>7} {'PFLOPs':>8} " + " ".join(f"{c[-19:]:>19}" for c in cols))
     for r in sorted(rows, key=lambda r: (r["flops"], r["objective"])):
-        print(f"{r['objective']:>9} {r['step']:>7} {r['flops'] / 1e15:8.2f} " +
-              " ".join(f"{r[t]:15.1f}" for t in tasks) + f" {r['mean']:6.1f}")
-    print(f"{'random':>9} {'-':>7} {0:8.2f} " + " ".join(f"{random[t]:15.1f}" for t in tasks) +
-          f" {random['mean']:6.1f}")
+        print(f"{r['objective']:>9} {r['step']:>7} {r['flops'] / 1e15:8.2f} " + " ".join(f"{r[c]:19.1f}" for c in cols))
+    print(f"{'random':>9} {'-':>7} {0:8.2f} " + " ".join(f"{random[c]:19.1f}" for c in cols))
     out = Path(a.plot) if a.plot else work / "electra_vs_mlm.png"
-    plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.seeds} seeds; tasks: {', '.join(tasks)}")
+    plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.seeds} seeds; tasks: {', '.join(tasks)}; "
+         f"fine-tuning lr: the best of {a.lr} per model")
     result = {"electra_minus_mlm": top["electra"]["mean"] - top["mlm"]["mean"],
               "electra_minus_random": top["electra"]["mean"] - random["mean"],
               "largest_budget_flops": top["electra"]["flops"], "pretrain_minutes": minutes,
               "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds, "preset": a.preset,
-              "overrides": a.set, "random_init": random, "table": rows, "plot": str(out)}
+              "overrides": a.set, "random_init": random, "table": rows, "plot": str(out), "finetune_lr": a.lr}
+    if a.scarce:
+        key = f"mean@{a.scarce}"
+        result["scarce"] = {"train_rows": a.scarce, "electra_minus_mlm": top["electra"][key] - top["mlm"][key],
+                            "electra_minus_random": top["electra"][key] - random[key]}
     print(json.dumps(result))
     return 0
 

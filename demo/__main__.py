@@ -100,6 +100,7 @@ def downstream(export_dir: Path, rows: int) -> dict:
                "seeds": [s["test"]["accuracy"] for s in r["seeds"]]} for k, r in runs.items()}
     out["task"], out["train_rows"], out["epochs"] = TASK, runs["pretrained"]["data"]["train"]["examples"], \
         runs["pretrained"]["recipe"]["epochs"]
+    out["lr"] = runs["pretrained"]["recipe"]["lr"]
     return out
 
 
@@ -146,7 +147,9 @@ def main() -> int:
     for rows in FT_ROWS:
         ft = downstream(export_dir, rows)
         ev["finetune"].append(ft)
-    print(f"\nfine-tuned on {TASK} (test accuracy, median of {FT_SEEDS} seeds, the same recipe and seeds for both):")
+    print(f"\nfine-tuned on {TASK} (test accuracy, median of {FT_SEEDS} seeds, the same recipe and seeds for both; "
+          f"lr {ev['finetune'][0]['lr']:g}, the rate a search picks for the random-init control, docs/results.md "
+          f"§6):")
     for ft in ev["finetune"]:
         pre, rnd = ft["pretrained"], ft["random_init"]
         gain = 100 * (pre["test_accuracy"] - rnd["test_accuracy"])
