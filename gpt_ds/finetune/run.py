@@ -32,7 +32,7 @@ from gpt_ds.model.weight_decay import decays
 from gpt_ds.train.schedule import make_scheduler
 
 
-DEFAULT_LR = "1e-3"  # the best single rate for tiny encoders, pretrained or not (docs/finetune.md)
+DEFAULT_LR = "1e-3"  # a random-init tiny encoder's best; exports often like 3e-3: compare with a search
 
 
 def _lr_list(text: str) -> list[float]:
