@@ -205,8 +205,7 @@ def train_rank(cfg: Config, env, resume: str) -> int:
         # exception", exit 134) instead of exiting 2; nothing is left to write (checkpoints are renamed whole).
         if not e.quiet:
             print(f"gpt-ds pretrain: error: {e}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(2)
+        _leave(2)
     except RuntimeError as e:
         if env.world_size == 1 or not peer_lost(e):
             raise
@@ -215,8 +214,21 @@ def train_rank(cfg: Config, env, resume: str) -> int:
         why = str(e).splitlines()[0].split("] ")[-1].split(". ")[0][:120]  # gloo: "[file:line] What. Advice..."
         print(f"gpt_ds: rank {env.rank}: another rank is gone (a collective failed: {why}); stopping with exit code "
               f"{HUNG_EXIT_CODE}. --resume auto continues from the last checkpoint", file=sys.stderr, flush=True)
-        os._exit(HUNG_EXIT_CODE)
+        _leave(HUNG_EXIT_CODE)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if env.world_size > 1:
+        # the run is over and written (the trainer closed its files; checkpoints are renamed whole). The interpreter's
+        # own exit can still abort in a leftover communication or offload thread's destructor ("terminate called
+        # without an active exception": exit 134 after a 2-rank bf16 offload job had finished, seen once in CI),
+        # which a SLURM user would read as a crash and requeue. Leave with the run's own code instead.
+        _leave(code)
     return code
+
+
+def _leave(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
