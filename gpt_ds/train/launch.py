@@ -200,9 +200,8 @@ def train_rank(cfg: Config, env, resume: str) -> int:
     except GptDsError as e:
         if env.world_size == 1:
             raise  # the CLI prints it
-        # one rank of several: say it (unless rank 0 says it for the job) and leave at once. A normal interpreter
-        # exit here can abort in a communication thread's destructor ("terminate called without an active
-        # exception", exit 134) instead of exiting 2; nothing is left to write (checkpoints are renamed whole).
+        # one rank of several: say it (unless rank 0 says it for the job) and leave at once, as below (exit 2, not
+        # the 134 of an abort in the interpreter's shutdown); nothing is left to write (checkpoints are renamed whole)
         if not e.quiet:
             print(f"gpt-ds pretrain: error: {e}", file=sys.stderr, flush=True)
         _leave(2)
