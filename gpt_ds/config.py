@@ -88,6 +88,12 @@ class ObjectiveConfig:
     # the discriminator joins at this step (0: from the start). A generator-first schedule: replaced-token detection
     # then never learns from a generator still on its bag-of-words plateau (docs/results.md §4b)
     disc_start_step: int = 0
+    # replaced-token detection scores [CLS], [SEP] and the other special tokens too (ELECTRA's own code does); they
+    # are never replaced, so the loss there teaches only "position 0 is original"
+    rtd_on_specials: bool = True
+    # a corrective masked-LM loss on the discriminator too (predict the original token at the masked positions from the
+    # corrupted text, COCO-LM's "corrective LM"): a many-way target beside the one-way RTD logit. 0 = pure ELECTRA
+    disc_mlm_weight: float = 0.0
 
 
 @dataclass
@@ -357,6 +363,8 @@ def validate(cfg: Config) -> None:
         problems.append(f"model.initializer_range = {m.initializer_range} must be in (0, 1)")
     if o.temperature <= 0:
         problems.append(f"objective.temperature = {o.temperature} must be > 0")
+    if not (math.isfinite(o.disc_mlm_weight) and o.disc_mlm_weight >= 0):
+        problems.append(f"objective.disc_mlm_weight = {o.disc_mlm_weight} must be a finite number >= 0 (0 = off)")
     if m.hidden_size % m.num_heads:
         problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if not 0 < m.generator_hidden_ratio <= 1:

@@ -44,6 +44,8 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
            + masked * 2 * (g["hidden_size"] * e + e * v))
     disc = (encoder_forward_flops(tokens, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
             + tokens * 2 * (m.hidden_size * m.hidden_size + m.hidden_size))
+    if o.disc_mlm_weight > 0:  # the corrective LM head at the masked positions
+        disc += masked * 2 * (m.hidden_size * e + e * v)
     sampling = masked * 6.0 * v  # softmax + noise + argmax over the vocabulary, forward only
     total = 3 * gen + 3 * disc + sampling
     attn = attention_flops(tokens, L, g["hidden_size"], g["num_layers"]) + attention_flops(tokens, L, m.hidden_size,

@@ -1,4 +1,5 @@
 """The towers and the masking against plain transformers computations on the same weights."""
+import copy
 import math
 
 import torch
@@ -257,3 +258,52 @@ def test_head_and_encoder_kernel_settings_are_separate():
             assert (tower.config._attn_implementation == ATTENTION_NAME) is fast, (heads, encoder)
         assert gen.kernels == disc.kernels == heads  # the heads keep their own setting
     assert head_impl("auto", on_gpu=False) == "torch" and head_impl("torch", on_gpu=True) == "torch"
+
+
+def test_rtd_loss_mask_scores_only_the_tokens_it_names():
+    """objective.rtd_on_specials=false: [CLS]/[SEP] (never replaced) leave the RTD loss; the mean is over the rest."""
+    cfg = tiny_cfg(**{"objective.embedding_sharing": "none"})
+    torch.manual_seed(1)
+    disc = Discriminator(discriminator_config(cfg, V, 0), kernels="reference").eval()
+    ids, att = rows(4, pad_tail=3)
+    labels = ((torch.rand(ids.shape) < 0.2) & (ids > 4)).long()
+    tt = torch.zeros_like(ids)
+    keep = att.bool() & (ids > 4)
+    out = disc(ids, att, tt, labels, loss_mask=keep)
+    hf = ElectraForPreTraining(disc.pt.config).eval()
+    hf.load_state_dict(disc.pt.state_dict())
+    with torch.no_grad():
+        logits = hf(ids, attention_mask=att, token_type_ids=tt).logits.double()[keep]
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[keep].double())
+    assert out.logits.numel() == int(keep.sum()) < int(att.sum())
+    assert abs(out.loss.item() - ref.item()) < 1e-6
+
+
+def test_corrective_lm_is_a_plain_cross_entropy_at_the_masked_positions():
+    """objective.disc_mlm_weight > 0: the discriminator also predicts the original token where the generator wrote;
+    its loss is the float64 cross-entropy of the same head on transformers' hidden states, and it trains the encoder."""
+    cfg = tiny_cfg(**{"objective.embedding_sharing": "none"})
+    torch.manual_seed(3)
+    disc = Discriminator(discriminator_config(cfg, V, 0), kernels="reference", corrective_lm=True).eval()
+    ids, att = rows(3, pad_tail=2)
+    tt = torch.zeros_like(ids)
+    mk = do_mask(ids, att, torch.arange(3))
+    corrupted = ids.clone()
+    corrupted.view(-1)[mk.positions] = (mk.targets + 7) % (V - 5) + 5  # any replacement
+    labels = (corrupted != ids).long()
+    out = disc(corrupted, att, tt, labels, positions=mk.positions, targets=mk.targets)
+    hf = ElectraForPreTraining(disc.pt.config).eval()
+    hf.load_state_dict(disc.pt.state_dict())
+    with torch.no_grad():
+        h = hf.electra(corrupted, attention_mask=att, token_type_ids=tt).last_hidden_state.double()
+        head = copy.deepcopy(disc.corrective).double()
+        logits = head(h.reshape(-1, h.shape[-1])[mk.positions])
+        ref = torch.nn.functional.cross_entropy(logits, mk.targets)
+    assert abs(out.mlm_loss.item() - ref.item()) < 1e-5
+    out.mlm_loss.backward()
+    assert disc.pt.electra.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    # the head is no part of what a downstream team gets: the exported tower is disc.pt
+    assert not any(k.startswith("corrective") for k in disc.pt.state_dict())
+    plain = Discriminator(discriminator_config(cfg, V, 0), kernels="reference").eval()
+    assert plain.corrective is None and plain(corrupted, att, tt, labels, positions=mk.positions,
+                                              targets=mk.targets).mlm_loss is None

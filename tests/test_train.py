@@ -37,10 +37,22 @@ def by_step(rows, key="loss"):
 
 # The numbers a refactor must not change (issue 16): per-step losses and gradient norms of `full_run` and the
 # exported weights, recorded from the code before a restructuring. A change in them means the change altered the
-# computation. They were recorded on this machine type (x86-64, 2 cores, CPU torch as pinned in setup.py, 2 ranks of one
-# thread); only when a *dependency* changes them, re-record with GPT_DS_RECORD_GOLDEN=1 and say so in the commit.
+# computation. They are recorded per machine type (CPU model, torch build; 2 ranks of one thread): the same code gives
+# the same bits on one CPU model, and differs in the last bits on another (seen: 1e-8 relative between two x86-64
+# models, from their BLAS kernels). On a recorded machine the check is exact; on another it holds the numbers to
+# GOLDEN_RTOL and leaves the weights' digest out. Re-record (GPT_DS_RECORD_GOLDEN=1) only when a dependency or a
+# deliberate change of the `tiny` recipe changes them, and say so in the commit.
 GOLDEN = ROOT / "tests" / "golden" / "tiny_zero3_2rank.json"
 GOLDEN_KEYS = ("loss", "gen_loss", "disc_loss", "gen_grad_norm", "disc_grad_norm")
+GOLDEN_RTOL = 1e-6  # a real change of the computation moves these by far more (a recipe change: > 1e-3)
+
+
+def machine_key() -> str:
+    import platform
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
+        else platform.processor()
+    return f"{platform.machine()} | {model} | torch {torch.__version__}"
 
 
 @pytest.fixture(scope="module")
@@ -173,25 +185,30 @@ def _weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _golden(measured: dict, part: str) -> dict:
-    recorded = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+def _golden(measured: dict, part: str) -> tuple[dict, bool]:
+    """The recorded numbers for `part`, and whether they were recorded on this machine type (then: exact)."""
+    machines = json.loads(GOLDEN.read_text())["machines"] if GOLDEN.is_file() else {}
+    here = machine_key()
     if os.environ.get("GPT_DS_RECORD_GOLDEN") == "1":
-        recorded[part] = measured
-        recorded["recorded_with"] = {"torch": torch.__version__, "python": sys.version.split()[0]}
+        machines.setdefault(here, {})[part] = measured
+        machines[here]["python"] = sys.version.split()[0]
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(recorded, indent=1) + "\n")
-    assert part in recorded, f"{GOLDEN} has no '{part}': record it with GPT_DS_RECORD_GOLDEN=1"
-    return recorded[part]
+        GOLDEN.write_text(json.dumps({"machines": machines}, indent=1) + "\n")
+    assert any(part in m for m in machines.values()), f"{GOLDEN} has no '{part}': record it with GPT_DS_RECORD_GOLDEN=1"
+    if part in machines.get(here, {}):
+        return machines[here][part], True
+    return next(m[part] for m in machines.values() if part in m), False
 
 
 def test_losses_and_gradient_norms_are_the_recorded_ones(full_run):
     rows = metrics(full_run)
     measured = {key: [r[key] for r in rows] for key in GOLDEN_KEYS}
-    expected = _golden(measured, "steps_1_to_6")
-    for key in GOLDEN_KEYS:  # exact: json keeps every bit of a float
-        assert measured[key] == expected[key], (f"{key} differs from {GOLDEN.name} (recorded with "
-                                                f"{json.loads(GOLDEN.read_text())['recorded_with']})",
-                                                measured[key], expected[key])
+    expected, exact = _golden(measured, "steps_1_to_6")
+    for key in GOLDEN_KEYS:  # exact on a recorded machine type: json keeps every bit of a float
+        ok = measured[key] == expected[key] if exact else \
+            all(abs(a - b) <= GOLDEN_RTOL * abs(b) for a, b in zip(measured[key], expected[key], strict=True))
+        assert ok, (f"{key} differs from {GOLDEN.name} ({'exact, this machine type' if exact else 'another machine type'}"
+                    f": {machine_key()})", measured[key], expected[key])
 
 
 def test_export_reloads_with_plain_transformers(full_run, tmp_path):
@@ -200,7 +217,9 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     info = json.loads(p.stdout.strip().splitlines()[-1])
     assert info["step"] == 6 and info["verify_max_abs_diff"] <= 1e-5
     measured = {m: _weights_digest(out / m) for m in ("generator", "discriminator")}
-    assert measured == _golden(measured, "export_sha256"), "the exported weights differ from the recorded ones"
+    expected, exact = _golden(measured, "export_sha256")
+    if exact:  # bits: only comparable on the machine type that recorded them (the numbers above hold to GOLDEN_RTOL)
+        assert measured == expected, "the exported weights differ from the recorded ones"
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, ElectraForMaskedLM, ElectraForPreTraining
     disc = AutoModelForPreTraining.from_pretrained(out / "discriminator")
     gen = AutoModelForMaskedLM.from_pretrained(out / "generator")
@@ -229,6 +248,7 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     (["checkpoint.every=0"], "checkpoint.every = 0 must be > 0"),
     (["logging.every=0"], "logging.every = 0 must be > 0"),
     (["model.hidden_dropout=1.5"], "model.hidden_dropout = 1.5 must be in [0, 1)"),
+    (["objective.disc_mlm_weight=-1"], "objective.disc_mlm_weight = -1.0 must be a finite number >= 0"),
 ])
 def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", *overrides, "--nproc", "2", check=False,
@@ -393,7 +413,7 @@ def test_a_run_dir_without_room_or_write_access_is_refused_before_launch(full_ru
             assert p.returncode == 1 and needle in p.stdout, p.stdout
 
 
-def test_a_full_disk_stops_the_run_with_the_cause_and_the_run_resumes_exactly_once_there_is_room(small_disk):
+def test_a_full_disk_stops_the_run_with_the_cause_and_the_run_resumes_exactly_once_there_is_room(small_disk, full_run):
     d = small_disk / "run"
     common = ["pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "checkpoint.every=3", "--nproc", "2"]
     p = gpt_ds(*common, check=False)
@@ -407,9 +427,8 @@ def test_a_full_disk_stops_the_run_with_the_cause_and_the_run_resumes_exactly_on
     gpt_ds(*common, "--resume", "auto")
     rows = metrics(d)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    expected = json.loads(GOLDEN.read_text())["steps_1_to_6"]
-    for key in GOLDEN_KEYS:
-        assert [r[key] for r in rows] == expected[key], key
+    for key in GOLDEN_KEYS:  # the uninterrupted run's numbers, bit for bit
+        assert [r[key] for r in rows] == [r[key] for r in metrics(full_run)], key
 
 
 def test_a_launch_reads_every_checkpoint_byte_once(tmp_path, monkeypatch):
@@ -480,3 +499,34 @@ def test_generator_first_keeps_the_discriminator_out_until_its_step(tmp_path):
     f = step_flops(load_config("tiny", over), 300)
     assert info["train_flops"] == run_flops(load_config("tiny", over), 4, 300) == \
         2 * (f["generator"] + f["sampling"]) + 2 * f["total"]
+
+
+def test_corrective_lm_and_rtd_without_specials_train_log_count_and_export(tmp_path):
+    """The `tiny` demo recipe's two objective switches end to end: the corrective LM's loss is logged and in the total,
+    its head counts in the FLOPs, the export (encoder only) verifies against plain transformers."""
+    from types import SimpleNamespace
+
+    from gpt_ds.config import load_config
+    from gpt_ds.flops import run_flops, step_flops
+    from gpt_ds.train.trainer import Trainer
+    d = tmp_path / "run"
+    over = [*FAST, f"run.dir={d}", "train.max_steps=3", "objective.disc_mlm_weight=2",
+            "objective.rtd_on_specials=false", "logging.tensorboard=false", "logging.peak_tflops=1",
+            "deepspeed.generator=ds_configs/zero0_fp32.json", "deepspeed.discriminator=ds_configs/zero0_fp32.json"]
+    p = gpt_ds("pretrain", "tiny", *over)
+    rows = metrics(d)
+    assert all(r["disc_mlm_loss"] > 0 for r in rows) and " clm " in p.stderr
+    for r in rows:
+        assert abs(r["loss"] - (r["gen_loss"] + 50 * r["disc_loss"] + 2 * r["disc_mlm_loss"])) < 1e-9 * r["loss"]
+    info = json.loads(gpt_ds("export", d, "--out", tmp_path / "out", "--verify").stdout.strip().splitlines()[-1])
+    cfg = load_config("tiny", over)
+    assert info["train_flops"] == run_flops(cfg, 3, 300) == 3 * step_flops(cfg, 300)["total"]
+    assert step_flops(cfg, 300)["total"] > step_flops(load_config("tiny", [*over, "objective.disc_mlm_weight=0"]),
+                                                      300)["total"]
+    # which tokens RTD scores: every real one, or only those the generator may replace
+    ids = torch.tensor([[2, 9, 8, 3, 7, 3, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    for on, expect in ((True, [1, 1, 1, 1, 1, 1, 0]), (False, [0, 1, 1, 0, 1, 0, 0])):
+        me = SimpleNamespace(cfg=load_config("tiny", [*over, f"objective.rtd_on_specials={str(on).lower()}"]),
+                             special_ids=[0, 1, 2, 3, 4])
+        assert Trainer.rtd_mask(me, batch).long().tolist() == [expect]

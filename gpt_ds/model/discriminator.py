@@ -15,11 +15,12 @@ class DiscriminatorOutput(NamedTuple):
     loss: torch.Tensor  # mean BCE over this micro-batch's non-padding tokens
     logits: torch.Tensor  # (T,) detached logits of those tokens
     labels: torch.Tensor  # (T,) 1 = replaced
+    mlm_loss: torch.Tensor | None = None  # mean corrective-LM cross-entropy at the masked positions
 
 
 class Discriminator(nn.Module):
     def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False,
-                 fast_encoder: bool | None = None):
+                 fast_encoder: bool | None = None, corrective_lm: bool = False):
         super().__init__()
         # `pt` (for ElectraForPreTraining) prefixes every parameter name in the checkpoints: renaming it breaks resume
         self.pt = ElectraForPreTraining(config)
@@ -27,6 +28,15 @@ class Discriminator(nn.Module):
             install_fast_paths(self.pt)
         self.kernels = kernels
         self.gdes = gdes
+        self.corrective = None
+        if corrective_lm:  # not exported: a downstream model gets the encoder, as with the RTD head
+            h, e = config.hidden_size, config.embedding_size
+            self.corrective = nn.Sequential(nn.Linear(h, e), nn.GELU(), nn.LayerNorm(e, eps=config.layer_norm_eps),
+                                            nn.Linear(e, config.vocab_size))
+            for m in self.corrective:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=config.initializer_range)
+                    nn.init.zeros_(m.bias)
         if gdes:
             # Under GDES these tables hold only the delta E_delta, initialised to zero (DeBERTa-v3).
             emb = self.pt.electra.embeddings
@@ -54,12 +64,18 @@ class Discriminator(nn.Module):
                                token_type_ids=token_type_ids).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
-                labels: torch.Tensor, base_embeds: torch.Tensor | None = None) -> DiscriminatorOutput:
+                labels: torch.Tensor, base_embeds: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> DiscriminatorOutput:
         hidden = self.encode(input_ids, attention_mask, token_type_ids, base_embeds)
-        active = attention_mask.reshape(-1).bool()
+        active = (attention_mask if loss_mask is None else loss_mask).reshape(-1).bool()
         h = hidden.reshape(-1, hidden.shape[-1])[active]
         y = labels.reshape(-1)[active]
         p = self.pt.discriminator_predictions
         out = discriminator_head(h, p.dense.weight, p.dense.bias, p.dense_prediction.weight, p.dense_prediction.bias,
                                  y, impl=self.kernels)
-        return DiscriminatorOutput(out.loss, out.logits, y)
+        mlm_loss = None
+        if self.corrective is not None and positions is not None:
+            at = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+            mlm_loss = nn.functional.cross_entropy(self.corrective(at).float(), targets)
+        return DiscriminatorOutput(out.loss, out.logits, y, mlm_loss)

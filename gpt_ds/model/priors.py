@@ -41,3 +41,5 @@ def init_output_priors(generator, discriminator, unigram_logp: torch.Tensor, mas
     bias.copy_(unigram_logp.to(bias.dtype) - unigram_logp.mean())
     if discriminator is not None:
         discriminator.pt.discriminator_predictions.dense_prediction.bias.fill_(replaced_log_odds(mask_prob))
+        if discriminator.corrective is not None:
+            discriminator.corrective[-1].bias.copy_(unigram_logp.to(bias.dtype) - unigram_logp.mean())

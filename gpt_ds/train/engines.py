@@ -39,7 +39,7 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
     disc = None
     if cfg.objective.kind == "electra":
         disc = Discriminator(discriminator_config(cfg, vocab_size, pad_id), kernels=cfg.model.kernels, gdes=gdes,
-                             fast_encoder=fast)
+                             fast_encoder=fast, corrective_lm=cfg.objective.disc_mlm_weight > 0)
     if cfg.train.activation_checkpointing:
         for tower in (gen.mlm, disc.pt if disc is not None else None):
             if tower is not None:  # non-reentrant: works with ZeRO-3's hooks and keeps dropout's RNG stream

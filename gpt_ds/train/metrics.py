@@ -24,7 +24,8 @@ AUC_BINS = 512
 
 # What StepStats sums, one float64 slot each (one tensor, so the log step reduces them in one collective)
 SLOTS = ("gen_loss_sum", "masked", "gen_correct", "replaced",  # the generator, over masked positions
-         "disc_loss_sum", "tokens", "disc_correct", "true_positives", "predicted_replaced", "replaced_tokens")
+         "disc_loss_sum", "tokens", "disc_correct", "true_positives", "predicted_replaced", "replaced_tokens",
+         "clm_loss_sum", "clm_masked")  # the discriminator's corrective LM (objective.disc_mlm_weight > 0)
 _AT = {name: i for i, name in enumerate(SLOTS)}
 
 
@@ -61,6 +62,10 @@ class StepStats:
         self.pos_hist += torch.bincount(bins[y], minlength=AUC_BINS).double()
         self.neg_hist += torch.bincount(bins[~y], minlength=AUC_BINS).double()
 
+    def add_corrective(self, loss: torch.Tensor, n_masked: int) -> None:
+        self._add("clm_loss_sum", loss.detach().double() * n_masked)
+        self._add("clm_masked", n_masked)
+
     def reduce(self) -> dict:
         packed = torch.cat([self.sums, self.pos_hist, self.neg_hist])
         if dist.is_available() and dist.is_initialized():
@@ -84,6 +89,8 @@ class StepStats:
             # the RTD loss of a discriminator that only knows the replaced share
             out["disc_loss_prior"] = -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
             out["disc_auc"] = histogram_auc(pos, neg)
+        if s["clm_masked"] > 0:
+            out["disc_mlm_loss"] = s["clm_loss_sum"] / s["clm_masked"]
         return out
 
 
@@ -110,13 +117,15 @@ def peak_memory_gib() -> float:
 
 def progress_line(step: int, total: int, record: dict, elapsed: float, steps_per_s: float) -> str:
     """One greppable line per logging interval for job logs (docs/configuration.md, "Progress lines"):
-    `gpt_ds: step S/T (P%) loss L mlm M mlm_acc A [rtd R auc U] tok/s N [mfu F] mem G GiB elapsed H:MM:SS eta H:MM:SS`.
+    `gpt_ds: step S/T (P%) loss L mlm M mlm_acc A [rtd R auc U] [clm C] tok/s N [mfu F] mem G GiB elapsed H:MM:SS eta H:MM:SS`.
     The fields keep their names and order; absent ones (no discriminator, no MFU) are left out."""
     r = record
     parts = [f"gpt_ds: step {step}/{total} ({100 * step / max(1, total):.1f}%)", f"loss {r.get('loss', float('nan')):.4f}",
              f"mlm {r.get('gen_loss', float('nan')):.4f}", f"mlm_acc {r.get('gen_acc', float('nan')):.3f}"]
     if "disc_loss" in r:
         parts += [f"rtd {r['disc_loss']:.4f}", f"auc {r.get('disc_auc', float('nan')):.3f}"]
+    if "disc_mlm_loss" in r:
+        parts.append(f"clm {r['disc_mlm_loss']:.4f}")
     parts.append(f"tok/s {r.get('tokens_per_s', 0):.0f}")
     if "mfu" in r:
         parts.append(f"mfu {r['mfu']:.3f}")

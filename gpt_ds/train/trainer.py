@@ -35,11 +35,15 @@ from gpt_ds.train.metrics import MetricsLogger, StepStats
 
 def loss_weights(objective, electra: bool) -> dict[str, float]:
     """The pretraining loss, stated once: sum over terms of weight x mean loss, the generator's MLM loss over masked
-    positions and (ELECTRA) the discriminator's RTD loss over every real token. The backward scales each engine's
-    micro-batch loss by these weights; the logged total uses the same ones."""
+    positions, (ELECTRA) the discriminator's RTD loss over every scored token and its corrective LM loss over the masked
+    positions. The backward scales each engine's micro-batch loss by these weights; the logged total uses the same
+    ones."""
     if not electra:
         return {"gen": 1.0}
-    return {"gen": objective.gen_weight, "disc": objective.disc_weight}
+    weights = {"gen": objective.gen_weight, "disc": objective.disc_weight}
+    if objective.disc_mlm_weight > 0:
+        weights["disc_mlm"] = objective.disc_mlm_weight
+    return weights
 
 
 class Trainer:
@@ -146,6 +150,14 @@ class Trainer:
                           grad_accum=L.grad_accum, world_size=L.world_size, rank=self.rank, start_step=self.step,
                           prefetch=self.cfg.data.prefetch, transform=self.mask)
 
+    def rtd_mask(self, batch: dict) -> torch.Tensor:
+        """The tokens replaced-token detection is scored on: every real token, or (rtd_on_specials=false) those that
+        can be replaced."""
+        mask = batch["attention_mask"].bool()
+        if not self.cfg.objective.rtd_on_specials:
+            mask = mask & ~torch.isin(batch["input_ids"], torch.tensor(self.special_ids, dtype=batch["input_ids"].dtype))
+        return mask
+
     def train_step(self, micro_batches: list[dict], stats: StepStats) -> None:
         """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
         L = self.layout
@@ -154,15 +166,16 @@ class Trainer:
             disc = None  # generator first: the discriminator waits (every rank decides alike, from the step)
         weights = loss_weights(self.cfg.objective, disc is not None)
         masked = [b["masked"] for b in micro_batches]
+        loss_masks = [self.rtd_mask(b) for b in micro_batches]
         counts = torch.tensor([sum(m.num_masked for m in masked),
-                               sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.float64,
+                               sum(int(m.sum()) for m in loss_masks)], dtype=torch.float64,
                               device=self.device)  # NCCL reduces device tensors only
         if dist.is_initialized():
             dist.all_reduce(counts)
         total_masked, total_tokens = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
         factor = L.world_size * L.grad_accum  # DeepSpeed divides by both; the global normalisation undoes it
         sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
-        for batch, mb in zip(micro_batches, masked):
+        for batch, mb, loss_mask in zip(micro_batches, masked, loss_masks):
             dev = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
             gen_out = gen(mb.masked_ids.to(self.device), dev["attention_mask"], dev["token_type_ids"],
                           mb.positions.to(self.device), mb.targets.to(self.device), mb.row_ids.to(self.device),
@@ -173,12 +186,19 @@ class Trainer:
             if disc is not None:
                 labels = (gen_out.corrupted_ids != dev["input_ids"]).long()
                 disc_out = disc(gen_out.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels,
-                                gen_out.base_embeds)
+                                gen_out.base_embeds, loss_mask.to(self.device), mb.positions.to(self.device),
+                                mb.targets.to(self.device))
                 n_tokens = disc_out.logits.numel()
                 stats.add_discriminator(disc_out.loss, disc_out.logits.float(), disc_out.labels)
+                if disc_out.mlm_loss is not None:
+                    stats.add_corrective(disc_out.mlm_loss, n_masked)
             gen.backward(gen_out.loss * (weights["gen"] * n_masked / total_masked * factor))
             if disc is not None:
-                disc.backward(disc_out.loss * (weights["disc"] * n_tokens / total_tokens * factor))
+                disc_loss = disc_out.loss * (weights["disc"] * n_tokens / total_tokens * factor)
+                if disc_out.mlm_loss is not None:
+                    disc_loss = disc_loss + disc_out.mlm_loss * (weights["disc_mlm"] * n_masked / total_masked *
+                                                                 factor)
+                disc.backward(disc_loss)
             gen.step()
             if disc is not None:
                 disc.step()
