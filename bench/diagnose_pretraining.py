@@ -5,6 +5,8 @@ For an export folder (gpt-ds export --out DIR: DIR/discriminator and DIR/generat
   token-identity-only baseline (gpt_ds.evaluate.rtd_report);
 - geometry: the word-embedding tables' first-principal-direction share (random init: ~1%);
 - order: whether the exported generator reads word order (gpt_ds.evaluate.order_sensitivity);
+- layers: per layer of the discriminator, the first-principal-direction share and effective dimensions of its outputs
+  on the task's training sentences, beside a random-init twin (gpt_ds.evaluate.hidden_geometry);
 - ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds) with only part of the pretrained weights kept and
   the rest re-drawn from the random init: all, embeddings only, encoder only, none (= --random-init). Which part helps
   or hurts shows in the test accuracy of each.
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -74,7 +78,10 @@ def main() -> int:
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
     from transformers.utils import logging as hf_logging
 
-    from gpt_ds.evaluate import embedding_geometry, order_sensitivity, rtd_report
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from demo.corpora import labeled_task
+    from gpt_ds.evaluate import embedding_geometry, hidden_geometry, order_sensitivity, rtd_report
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     export, work = Path(a.export), Path(a.work)
@@ -87,10 +94,17 @@ def main() -> int:
                export / "discriminator")), "generator": embedding_geometry(AutoModelForMaskedLM.from_pretrained(
                    export / "generator"))},
            "order": order_sensitivity(export / "generator", held)}
+    task = labeled_task(a.task, work / "tasks")
+    sentences = [json.loads(line)["text"] for line in Path(task["train"]).read_text().splitlines()[:300]]
+    disc = export / "discriminator"
+    torch.manual_seed(0)
+    out["layers"] = {"task": a.task, "sentences": len(sentences),
+                     "export": hidden_geometry(AutoModel.from_pretrained(disc), AutoTokenizer.from_pretrained(disc),
+                                               sentences),
+                     "random_init": hidden_geometry(AutoModel.from_config(AutoConfig.from_pretrained(disc)),
+                                                    AutoTokenizer.from_pretrained(disc), sentences)}
     print(json.dumps(out), file=sys.stderr)
     if a.ablate:
-        from demo.corpora import labeled_task
-        task = labeled_task(a.task, work / "tasks")
         out["ablation"] = {"task": a.task, "seeds": a.seeds}
         top = f"layer.{AutoModelForPreTraining.from_pretrained(export / 'discriminator').config.num_hidden_layers - 1}."
         parts = dict(PARTS, all_but_top_layer=lambda k: top not in k)

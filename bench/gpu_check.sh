@@ -98,7 +98,9 @@ print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}"
     # CURVE_KINDS: which runs, in order (each exported and tarred as soon as it ends): electra, mlm, electra_g1
     # (a generator as wide as the discriminator: the width at which the MLM left the bag-of-words plateau here) and
     # electra_gf (that generator alone first, docs/results.md §4b) and electra_t1 (that generator sampled at T=1: once
-    # it has left the plateau its samples are plausible in context, and T=2's rare pieces only teach token identity)
+    # it has left the plateau its samples are plausible in context, and T=2's rare pieces only teach token identity);
+    # every kind runs `tiny`'s recipe (corrective LM, RTD on replaceable tokens, T=1; docs/results.md §8) except
+    # electra_rtd: pure replaced-token detection as `tiny` had it before (T=2, every token, no corrective LM)
     local name kind n extra
     for name in ${CURVE_KINDS:-mlm electra_g1}; do
         kind=${name%%_*}; extra=(); n=$steps
@@ -108,6 +110,8 @@ print(matched_steps('tiny', sys.argv[1:], $steps, vocab)['mlm'])" "${args[@]:1}"
         # ~1,900 steps of batch 128 in docs/results.md §4b), then both
         [[ $name == electra_gf ]] && extra=(model.generator_hidden_ratio=1.0 "objective.disc_start_step=$((n * 2 / 3))")
         [[ $name == electra_t1 ]] && extra=(model.generator_hidden_ratio=1.0 objective.temperature=1.0)
+        [[ $name == electra_rtd ]] && extra=(objective.temperature=2.0 objective.rtd_on_specials=true
+                                             objective.disc_mlm_weight=0)
         local t0=$SECONDS
         timeout -s USR1 -k 30 "$secs" "$py" -m gpt_ds.cli pretrain "${args[@]}" "${extra[@]}" "objective.kind=$kind" \
             "run.dir=$work/$name" "train.max_steps=$n"

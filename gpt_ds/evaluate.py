@@ -95,6 +95,28 @@ def embedding_geometry(model, skip: int = 5) -> dict:
             "mean_cos": cos[~torch.eye(len(unit), dtype=torch.bool)].mean().item()}
 
 
+@torch.no_grad()
+def hidden_geometry(model, tokenizer, texts: list[str], max_length: int = 64) -> list[dict]:
+    """Per layer (embeddings first): the share of the tokens' variance on the first principal direction and the
+    effective number of directions (exp of the entropy of the variance spectrum), over every real token and over the
+    mean-pooled sentences. A one-way target (RTD) concentrates the top layers on one direction (docs/results.md §8)."""
+    model.eval()
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    hidden = model.base_model(**enc, output_hidden_states=True).hidden_states
+    real = enc["attention_mask"].bool()
+
+    def spectrum(x: torch.Tensor) -> dict:
+        sv = torch.linalg.svdvals((x - x.mean(0)).double())
+        p = sv ** 2 / (sv ** 2).sum()
+        return {"top1_share": p[0].item(), "effective_dims": torch.exp(-(p * torch.log(p + 1e-30)).sum()).item()}
+
+    out = []
+    for h in hidden:
+        pooled = (h * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        out.append({"tokens": spectrum(h[real]), "mean_pooled": spectrum(pooled)})
+    return out
+
+
 def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10, seed: int = 0) -> dict:
     """Does the masked LM read word order? Its masked-token accuracy on held-out text, and again with the context's
     positions shuffled (outputs mapped back to their tokens), plus the mean KL between the two predictions. A model

@@ -37,6 +37,31 @@ def test_embedding_geometry_tells_a_collapsed_table_from_a_random_one():
     assert collapsed["top1_share"] > 0.9 and collapsed["mean_cos"] > 0.9
 
 
+def test_hidden_geometry_tells_a_one_direction_top_layer_from_a_random_one():
+    from transformers import ElectraConfig, ElectraModel, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from gpt_ds.evaluate import hidden_geometry
+    words = [f"w{i}" for i in range(200)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[PAD]", "[UNK]", *words])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[j] for j in torch.randint(0, 200, (12,), generator=g).tolist()) for _ in range(64)]
+    torch.manual_seed(0)
+    model = ElectraModel(ElectraConfig(vocab_size=202, embedding_size=32, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64))
+    layers = hidden_geometry(model, tokenizer, texts)
+    assert len(layers) == 3 and all(x["tokens"]["top1_share"] < 0.3 for x in layers)
+    assert layers[-1]["tokens"]["effective_dims"] > 15
+    with torch.no_grad():  # the top layer's LayerNorm keeps one dimension: everything varies along it alone
+        ln = model.encoder.layer[-1].output.LayerNorm
+        ln.weight.zero_()
+        ln.weight[3] = 1.0
+    top = hidden_geometry(model, tokenizer, texts)[-1]
+    assert top["tokens"]["top1_share"] > 0.99 and top["tokens"]["effective_dims"] < 1.1
+
+
 def _masked_lm_folder(out, zero_positions: bool):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import ElectraConfig, ElectraForMaskedLM, PreTrainedTokenizerFast

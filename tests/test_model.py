@@ -297,13 +297,16 @@ def test_corrective_lm_is_a_plain_cross_entropy_at_the_masked_positions():
     with torch.no_grad():
         h = hf.electra(corrupted, attention_mask=att, token_type_ids=tt).last_hidden_state.double()
         head = copy.deepcopy(disc.corrective).double()
-        logits = head(h.reshape(-1, h.shape[-1])[mk.positions])
+        logits = head["out"](head["predictions"](h.reshape(-1, h.shape[-1])[mk.positions]))
         ref = torch.nn.functional.cross_entropy(logits, mk.targets)
     assert abs(out.mlm_loss.item() - ref.item()) < 1e-5
     out.mlm_loss.backward()
     assert disc.pt.electra.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
     # the head is no part of what a downstream team gets: the exported tower is disc.pt
     assert not any(k.startswith("corrective") for k in disc.pt.state_dict())
+    from gpt_ds.model.weight_decay import decays  # LayerNorm and biases undecayed, as everywhere
+    assert sorted(n for n, _ in disc.corrective.named_parameters() if decays(n)) == \
+        ["out.weight", "predictions.dense.weight"]
     plain = Discriminator(discriminator_config(cfg, V, 0), kernels="reference").eval()
     assert plain.corrective is None and plain(corrupted, att, tt, labels, positions=mk.positions,
                                               targets=mk.targets).mlm_loss is None

@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from transformers import ElectraConfig, ElectraForPreTraining
+from transformers.models.electra.modeling_electra import ElectraGeneratorPredictions
 
 from gpt_ds.kernels import discriminator_head, encoder_fast_paths
 from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
@@ -16,6 +17,18 @@ class DiscriminatorOutput(NamedTuple):
     logits: torch.Tensor  # (T,) detached logits of those tokens
     labels: torch.Tensor  # (T,) 1 = replaced
     mlm_loss: torch.Tensor | None = None  # mean corrective-LM cross-entropy at the masked positions
+
+
+def corrective_head(config: ElectraConfig) -> nn.ModuleDict:
+    """The corrective LM's head: the generator's (dense to the embedding width, GELU, LayerNorm), then its own V-way
+    output. Stock modules, so the weight-decay rule and the estimator see the names they know."""
+    head = nn.ModuleDict({"predictions": ElectraGeneratorPredictions(config),
+                          "out": nn.Linear(config.embedding_size, config.vocab_size)})
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=config.initializer_range)
+            nn.init.zeros_(m.bias)
+    return head
 
 
 class Discriminator(nn.Module):
@@ -30,13 +43,7 @@ class Discriminator(nn.Module):
         self.gdes = gdes
         self.corrective = None
         if corrective_lm:  # not exported: a downstream model gets the encoder, as with the RTD head
-            h, e = config.hidden_size, config.embedding_size
-            self.corrective = nn.Sequential(nn.Linear(h, e), nn.GELU(), nn.LayerNorm(e, eps=config.layer_norm_eps),
-                                            nn.Linear(e, config.vocab_size))
-            for m in self.corrective:
-                if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, std=config.initializer_range)
-                    nn.init.zeros_(m.bias)
+            self.corrective = corrective_head(config)
         if gdes:
             # Under GDES these tables hold only the delta E_delta, initialised to zero (DeBERTa-v3).
             emb = self.pt.electra.embeddings
@@ -77,5 +84,6 @@ class Discriminator(nn.Module):
         mlm_loss = None
         if self.corrective is not None and positions is not None:
             at = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-            mlm_loss = nn.functional.cross_entropy(self.corrective(at).float(), targets)
+            logits = self.corrective["out"](self.corrective["predictions"](at))
+            mlm_loss = nn.functional.cross_entropy(logits.float(), targets)
         return DiscriminatorOutput(out.loss, out.logits, y, mlm_loss)

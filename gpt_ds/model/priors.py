@@ -42,4 +42,4 @@ def init_output_priors(generator, discriminator, unigram_logp: torch.Tensor, mas
     if discriminator is not None:
         discriminator.pt.discriminator_predictions.dense_prediction.bias.fill_(replaced_log_odds(mask_prob))
         if discriminator.corrective is not None:
-            discriminator.corrective[-1].bias.copy_(unigram_logp.to(bias.dtype) - unigram_logp.mean())
+            discriminator.corrective["out"].bias.copy_(unigram_logp.to(bias.dtype) - unigram_logp.mean())

@@ -29,6 +29,7 @@ from gpt_ds.kernels import cpu_ext
 from gpt_ds.kernels import head_impl as kernels_head_impl
 from gpt_ds.kernels.discriminator_torch import rows_per_block
 from gpt_ds.kernels.generator_torch import TILE_ROWS, tile_cols  # the chunked heads' own tiling
+from gpt_ds.model.discriminator import corrective_head
 from gpt_ds.model.sizes import generator_sizes
 from gpt_ds.model.weight_decay import decays
 
@@ -74,12 +75,14 @@ def vocab_size(cfg: Config, default: int | None = None) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, ffn: int, pos: int,
-                tied: bool = True) -> tuple:
+                tied: bool = True, corrective: bool = False) -> tuple:
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
                          tie_word_embeddings=tied)
     with torch.device("meta"):
         model = (ElectraForMaskedLM if kind == "generator" else ElectraForPreTraining)(conf)
+        if corrective:  # the discriminator's corrective LM head (objective.disc_mlm_weight > 0)
+            model.corrective = corrective_head(conf)
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # tied weights appear once, as DeepSpeed sees them
         (decay if decays(name) else no_decay).append(p.numel())
@@ -102,7 +105,8 @@ def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
     out = []
     for name, h, layers, heads, ffn in specs:
         decay, no_decay, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn,
-                                               m.max_position_embeddings, m.tie_output_embeddings)
+                                               m.max_position_embeddings, m.tie_output_embeddings,
+                                               name == "discriminator" and cfg.objective.disc_mlm_weight > 0)
         out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, (decay, no_decay), largest,
                          max(decay + no_decay)))
     return out
@@ -180,6 +184,8 @@ def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, check
             head += tokens * act_bytes * t.embedding  # GDES base embeddings handed to the discriminator
     else:
         head = tokens * (act_bytes * t.hidden + 4)  # the head keeps its input and one logit per token
+        if cfg.objective.disc_mlm_weight > 0:  # corrective LM: as the generator's head, plus its fp32 log-softmax
+            head += masked_rows(cfg, micro) * (act_bytes * (t.hidden + 3 * t.embedding) + 4 * t.vocab)
     return int(enc + head)
 
 
@@ -212,4 +218,8 @@ def head_workspace(t: Tower, cfg: Config, micro: int, act_bytes: int, impl: str 
         else:
             block = 4 * t.hidden * (min(tokens, rows_per_block(t.hidden)) if impl == "torch" else tokens)
             tiles = {k: n * block for k, n in DISC_BLOCKS.items()}
+        if cfg.objective.disc_mlm_weight > 0:  # corrective LM (plain PyTorch): whole rows x vocabulary logits
+            rows = masked_rows(cfg, micro)
+            tiles = {"forward": tiles["forward"] + 4 * rows * t.vocab,
+                     "backward": tiles["backward"] + 4 * rows * t.vocab}
     return {"forward": tiles["forward"], "backward": tiles["backward"] + grads}
