@@ -328,7 +328,7 @@ def test_a_job_log_gets_one_progress_line_per_interval_and_checkpoint_lines(tmp_
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=4", "logging.every=2",
                "checkpoint.every=4", "--nproc", "2")
     line = re.compile(r"^gpt_ds: step (\d+)/4 \((\d+\.\d)%\) loss \d+\.\d{4} mlm \d+\.\d{4} mlm_acc \d\.\d{3} "
-                      r"rtd \d+\.\d{4} auc \d\.\d{3} tok/s \d+ (?:mfu \d+\.\d{3} )?mem \d+\.\d\d GiB "
+                      r"rtd \d+\.\d{4} auc \d\.\d{3} clm \d+\.\d{4} tok/s \d+ (?:mfu \d+\.\d{3} )?mem \d+\.\d\d GiB "
                       r"elapsed \d+:\d\d:\d\d eta \d+:\d\d:\d\d$", re.M)
     found = line.findall(p.stderr)
     assert [int(s) for s, _ in found] == [2, 4], p.stderr[-3000:]
@@ -530,3 +530,16 @@ def test_corrective_lm_and_rtd_without_specials_train_log_count_and_export(tmp_p
         me = SimpleNamespace(cfg=load_config("tiny", [*over, f"objective.rtd_on_specials={str(on).lower()}"]),
                              special_ids=[0, 1, 2, 3, 4])
         assert Trainer.rtd_mask(me, batch).long().tolist() == [expect]
+
+
+def test_a_resume_that_adds_or_removes_the_corrective_head_is_refused_by_name():
+    """The head is part of what the checkpoint holds; its weight is not (a resume may change 1 -> 2)."""
+    from gpt_ds.checkpoint.compat import model_differences
+    from gpt_ds.config import load_config
+    cfg = load_config("tiny", FAST)
+    saved = cfg.to_dict()
+    assert model_differences(saved, load_config("tiny", [*FAST, "objective.disc_mlm_weight=2"])) == []
+    diffs = model_differences(saved, load_config("tiny", [*FAST, "objective.disc_mlm_weight=0"]))
+    assert diffs == ["objective.disc_mlm_weight: 1.0 -> 0.0 (removes the discriminator's corrective LM head)"]
+    del saved["objective"]["disc_mlm_weight"]  # a checkpoint from before the key: no head
+    assert "adds the discriminator's corrective LM head" in model_differences(saved, cfg)[0]

@@ -30,6 +30,12 @@ def model_differences(saved: dict, cfg: Config) -> list[str]:
                 continue
             if k in old_sec and old_sec[k] != v:
                 out.append(f"{sec}.{k}: {old_sec[k]!r} -> {v!r}")
+    # the corrective LM's head exists only with a weight > 0 (a checkpoint from before the key had none); its value
+    # is a loss weight a resume may change
+    old_w, new_w = saved.get("objective", {}).get("disc_mlm_weight", 0.0), cfg.objective.disc_mlm_weight
+    if (old_w > 0) != (new_w > 0) and cfg.objective.kind == "electra":
+        out.append(f"objective.disc_mlm_weight: {old_w!r} -> {new_w!r} ({'adds' if new_w > 0 else 'removes'} the "
+                   f"discriminator's corrective LM head)")
     return out
 
 

@@ -13,7 +13,7 @@ from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
 
 
 class DiscriminatorOutput(NamedTuple):
-    loss: torch.Tensor  # mean BCE over this micro-batch's non-padding tokens
+    loss: torch.Tensor  # mean BCE over this micro-batch's scored tokens (non-padding; loss_mask if given)
     logits: torch.Tensor  # (T,) detached logits of those tokens
     labels: torch.Tensor  # (T,) 1 = replaced
     mlm_loss: torch.Tensor | None = None  # mean corrective-LM cross-entropy at the masked positions
