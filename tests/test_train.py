@@ -203,12 +203,12 @@ def _golden(measured: dict, part: str) -> tuple[dict, bool]:
 def test_losses_and_gradient_norms_are_the_recorded_ones(full_run):
     rows = metrics(full_run)
     measured = {key: [r[key] for r in rows] for key in GOLDEN_KEYS}
-    expected, exact = _golden(measured, "steps_1_to_6")
-    for key in GOLDEN_KEYS:  # exact on a recorded machine type: json keeps every bit of a float
-        ok = measured[key] == expected[key] if exact else \
-            all(abs(a - b) <= GOLDEN_RTOL * abs(b) for a, b in zip(measured[key], expected[key], strict=True))
-        assert ok, (f"{key} differs from {GOLDEN.name} ({'exact, this machine type' if exact else 'another machine type'}"
-                    f": {machine_key()})", measured[key], expected[key])
+    expected, _ = _golden(measured, "steps_1_to_6")
+    for key in GOLDEN_KEYS:  # to GOLDEN_RTOL: a fresh install on the recording machine type was seen to differ in
+        # the last bits too (CI, 2026-12-05), so bits are compared only for the weights below, when these match bitwise
+        ok = all(abs(a - b) <= GOLDEN_RTOL * abs(b) for a, b in zip(measured[key], expected[key], strict=True))
+        assert ok, (f"{key} differs from {GOLDEN.name} beyond {GOLDEN_RTOL:g} ({machine_key()})", measured[key],
+                    expected[key])
 
 
 def test_export_reloads_with_plain_transformers(full_run, tmp_path):
@@ -218,7 +218,9 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     assert info["step"] == 6 and info["verify_max_abs_diff"] <= 1e-5
     measured = {m: _weights_digest(out / m) for m in ("generator", "discriminator")}
     expected, exact = _golden(measured, "export_sha256")
-    if exact:  # bits: only comparable on the machine type that recorded them (the numbers above hold to GOLDEN_RTOL)
+    steps, _ = _golden({key: [r[key] for r in metrics(full_run)] for key in GOLDEN_KEYS}, "steps_1_to_6")
+    if exact and all([r[k] for r in metrics(full_run)] == steps[k] for k in GOLDEN_KEYS):
+        # the same bits in every number: then the same bits in every weight
         assert measured == expected, "the exported weights differ from the recorded ones"
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, ElectraForMaskedLM, ElectraForPreTraining
     disc = AutoModelForPreTraining.from_pretrained(out / "discriminator")
