@@ -36,13 +36,18 @@ def num_to_mask(n_maskable: torch.Tensor, mask_prob: float) -> torch.Tensor:
     return torch.where(n_maskable > 0, k.clamp(min=1), torch.zeros_like(k))
 
 
+def replaceable(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
+    """The tokens masking may select (and so the generator may replace): real tokens that are not special."""
+    specials = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype)
+    return attention_mask.bool() & ~torch.isin(input_ids, specials)
+
+
 def mask_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, sample_numbers: torch.Tensor, *,
                special_ids: list[int], mask_id: int, vocab_size: int, mask_prob: float, mask_token_frac: float,
                keep_frac: float, random_frac: float, seed: int) -> MaskedBatch:
     b, length = input_ids.shape
     cols = torch.arange(length)
-    specials = torch.tensor(sorted(set(special_ids)), dtype=input_ids.dtype)
-    maskable = attention_mask.bool() & ~torch.isin(input_ids, specials)
+    maskable = replaceable(input_ids, attention_mask, special_ids)
     k = num_to_mask(maskable.sum(1), mask_prob)
 
     prio = uniform(seed ^ STREAM_SELECT, sample_numbers, cols)

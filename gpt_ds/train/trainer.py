@@ -24,7 +24,7 @@ from gpt_ds.watchdog import Watchdog
 from gpt_ds.dist.agree import once_across_ranks, rank0_decides
 from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
-from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch
+from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch, replaceable
 from gpt_ds.model.priors import unigram_log_probs
 from gpt_ds import checkpoint
 from gpt_ds.checkpoint import run_files
@@ -135,12 +135,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------- one step
     def mask(self, batch: dict) -> dict:
-        """The loader's transform (its background thread): the batch's MaskedBatch under "masked"."""
+        """The loader's transform (its background thread): the batch's MaskedBatch under "masked", and under "rtd_mask"
+        the tokens replaced-token detection scores."""
         o, data = self.cfg.objective, self.dataset
         batch["masked"] = mask_batch(batch["input_ids"], batch["attention_mask"], batch["sample_numbers"],
                                      special_ids=self.special_ids, mask_id=data.mask_id, vocab_size=data.vocab_size,
                                      mask_prob=o.mask_prob, mask_token_frac=o.mask_token_frac, keep_frac=o.keep_frac,
                                      random_frac=o.random_frac, seed=self.cfg.run.seed)
+        batch["rtd_mask"] = self.rtd_mask(batch)
         return batch
 
     def make_loader(self) -> StepLoader:
@@ -153,10 +155,9 @@ class Trainer:
     def rtd_mask(self, batch: dict) -> torch.Tensor:
         """The tokens replaced-token detection is scored on: every real token, or (rtd_on_specials=false) those that
         can be replaced."""
-        mask = batch["attention_mask"].bool()
-        if not self.cfg.objective.rtd_on_specials:
-            mask = mask & ~torch.isin(batch["input_ids"], torch.tensor(self.special_ids, dtype=batch["input_ids"].dtype))
-        return mask
+        if self.cfg.objective.rtd_on_specials:
+            return batch["attention_mask"].bool()
+        return replaceable(batch["input_ids"], batch["attention_mask"], self.special_ids)
 
     def train_step(self, micro_batches: list[dict], stats: StepStats) -> None:
         """One optimizer step; diagnostics accumulate into `stats` (summed over ranks only when logged)."""
@@ -166,7 +167,7 @@ class Trainer:
             disc = None  # generator first: the discriminator waits (every rank decides alike, from the step)
         weights = loss_weights(self.cfg.objective, disc is not None)
         masked = [b["masked"] for b in micro_batches]
-        loss_masks = [self.rtd_mask(b) for b in micro_batches]
+        loss_masks = [b["rtd_mask"] for b in micro_batches]
         counts = torch.tensor([sum(m.num_masked for m in masked),
                                sum(int(m.sum()) for m in loss_masks)], dtype=torch.float64,
                               device=self.device)  # NCCL reduces device tensors only
