@@ -34,8 +34,11 @@ FT_LR = os.environ.get("GPT_DS_DEMO_FT_LR", "1e-3,3e-3")
 def verdict(ft: dict) -> str:
     """One line a downstream team can act on: the median gap, and whether the seeds' ranges even separate the two.
 
-    At the demo's budget one pretraining run to the next moves the result by several points (docs/results.md §8), so
-    a gap inside the fine-tuning seeds' spread is reported as level, not as a win or a loss.
+    At the demo's budget one pretraining run to the next moves the result by several points (docs/results.md §8.1), so
+    a gap inside the fine-tuning seeds' spread is reported as level, not as a win or a loss. Ranges that separate
+    (every seed of one model above every seed of the other) happen by chance with probability 1/20 each way for 3
+    seeds each when the two models are alike (a one-sided permutation test at 0.05; 1/6 for 2 seeds). It says
+    nothing of the pretraining run's own variance, which the demo's single run cannot show.
     """
     pre, rnd = ft["pretrained"], ft["random_init"]
     gain = 100 * (pre["test_accuracy"] - rnd["test_accuracy"])
