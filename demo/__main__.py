@@ -44,15 +44,11 @@ def verdict(ft: dict) -> str:
     gain = 100 * (pre["test_accuracy"] - rnd["test_accuracy"])
     lo_p, hi_p = 100 * min(pre["seeds"]), 100 * max(pre["seeds"])
     lo_r, hi_r = 100 * min(rnd["seeds"]), 100 * max(rnd["seeds"])
-    if lo_p > hi_r:
-        word = "beats"
-    elif hi_p < lo_r:
-        word = "is below"
-    else:
-        word = "is level with (the seeds' ranges overlap)"
+    word = "beats" if lo_p > hi_r else "is below" if hi_p < lo_r else "is level with"
     return (f"DOWNSTREAM: with {ft['train_rows']} labeled sentences the pretrained discriminator {word} its random-init "
             f"twin: {100 * pre['test_accuracy']:.1f}% (seeds {lo_p:.1f}-{hi_p:.1f}) vs {100 * rnd['test_accuracy']:.1f}% "
-            f"({lo_r:.1f}-{hi_r:.1f}), {gain:+.1f} points")
+            f"({lo_r:.1f}-{hi_r:.1f}), {gain:+.1f} points" + (", inside the seeds' overlapping ranges" if
+                                                              word == "is level with" else ""))
 
 
 def gpt_ds(*args: str, capture: bool = False) -> str:
