@@ -31,7 +31,7 @@ demo: setup
 	$(PY) -m demo
 
 test: setup
-	$(PY) -m pytest -q -x tests
+	$(PY) -m pytest -q -x --durations=15 tests
 
 clean:
 	rm -rf runs .pytest_cache

@@ -130,6 +130,7 @@ def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bo
     """`rows`: train on that fixed subset of the labels (the label-scarce setting), for `--scarce-epochs`."""
     name = ("random-init" if random_init else model.parent.name) + f"-{task}-lr{a.lr}"
     name += f"-rows{rows}" if rows else ""
+    name += f"-ep{a.scarce_epochs}" if rows and a.scarce_epochs != "10" else ""  # caches from before keep their names
     cached = work / "finetune" / f"{name}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -202,7 +203,8 @@ def main() -> int:
     ap.add_argument("--scarce", type=int, default=500,
                     help="also fine-tune on this many labeled rows (the setting where a pretrained encoder matters "
                          "most); 0 = all labels only")
-    ap.add_argument("--scarce-epochs", type=int, default=10, help="epochs for --scarce (few rows: few steps)")
+    ap.add_argument("--scarce-epochs", default="10", help="epochs for --scarce (few rows: few steps); several, "
+                                                          "comma-separated (10,20), are searched like --lr")
     ap.add_argument("--finetune-args", default="", help='more `gpt-ds finetune` options in one string, e.g. '
                     '--finetune-args "--epochs 5 --layer-decay 1"')
     ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")

@@ -213,6 +213,7 @@ def test_bad_input_gets_one_line_naming_file_and_field(model_dir, tmp_path):
     msg = _bad(model_dir, tmp_path, "--train", tmp_path / "nope.jsonl")
     assert "nope.jsonl" in msg and "no such file" in msg
     assert "--lr" in _bad(model_dir, tmp_path, "--train", paths["train"], "--lr", "-1")
+    assert "--epochs 10,0" in _bad(model_dir, tmp_path, "--train", paths["train"], "--epochs", "10,0")
 
 
 def test_rows_without_label_are_counted_and_formats_agree(model_dir, tmp_path):
@@ -275,11 +276,27 @@ def test_a_learning_rate_search_picks_on_validation_and_matches_single_runs(mode
     args = ["--train", paths["train"], "--validation", paths["validation"], "--test", paths["test"], "--epochs", "5",
             "--batch-size", "16", "--seeds", "2", "--no-save"]
     both = last_json(gpt_ds("finetune", model_dir, *args, "--lr", "1e-6,3e-3"))
-    assert [r["lr"] for r in both["lr_search"]] == [1e-6, 3e-3]
-    val = {r["lr"]: r["median"]["validation"]["accuracy"] for r in both["lr_search"]}
+    assert [(r["lr"], r["epochs"]) for r in both["search"]] == [(1e-6, 5.0), (3e-3, 5.0)]
+    val = {r["lr"]: r["median"]["validation"]["accuracy"] for r in both["search"]}
     assert val[3e-3] > val[1e-6], val  # 1e-6 cannot learn the task in 50 steps; 3e-3 can
     assert both["recipe"]["lr"] == 3e-3
     alone = last_json(gpt_ds("finetune", model_dir, *args, "--lr", "3e-3"))
-    assert "lr_search" not in alone and alone["recipe"]["lr"] == 3e-3
+    assert "search" not in alone and alone["recipe"]["lr"] == 3e-3
     assert both["seeds"] == [dict(s, train_seconds=b["train_seconds"]) for s, b in zip(alone["seeds"], both["seeds"])]
     assert both["median"] == alone["median"]
+
+
+def test_an_epoch_search_runs_each_length_as_its_own_schedule_and_picks_on_validation(model_dir, tmp_path):
+    """--epochs a,b: each length is a run of its own (warmup and decay spread over its own steps), chosen on
+    validation like a rate; the chosen length's figures are those of a run given it alone."""
+    paths = write_task(tmp_path / "task", n_train=160, n_eval=40)
+    args = ["--train", paths["train"], "--validation", paths["validation"], "--test", paths["test"], "--lr", "3e-3",
+            "--batch-size", "16", "--seeds", "1", "--no-save"]
+    grid = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "0.2,5"))
+    by_length = {r["epochs"]: r["median"]["validation"]["accuracy"] for r in grid["search"]}
+    assert sorted(by_length) == [0.2, 5.0]
+    assert by_length[5.0] > by_length[0.2], by_length  # 2 steps cannot learn the task; 50 can
+    assert grid["recipe"]["epochs"] == 5.0 and grid["seeds"][0]["steps"] == 50
+    alone = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "5"))
+    assert "search" not in alone and alone["recipe"]["epochs"] == 5.0
+    assert grid["seeds"] == [dict(s, train_seconds=g["train_seconds"]) for s, g in zip(alone["seeds"], grid["seeds"])]

@@ -10,6 +10,7 @@ launch -m gpt_ds.cli finetune ...` on many; `--batch-size` is global, so both gi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -35,11 +36,11 @@ from gpt_ds.train.schedule import make_scheduler
 DEFAULT_LR = "1e-3"  # a random-init tiny encoder's best; exports often like 3e-3: compare with a search
 
 
-def _lr_list(text: str) -> list[float]:
+def _number_list(text: str) -> list[float]:
     try:
         return [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}': one learning rate or several separated by commas") from None
+        raise argparse.ArgumentTypeError(f"'{text}': one number or several separated by commas") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,14 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-save", action="store_true", help="report only; write no model")
     p.add_argument("--random-init", action="store_true", help="same architecture, no pretrained weights (control)")
     g = p.add_argument_group("recipe (ELECTRA's fine-tuning; defaults for a small encoder)")
-    g.add_argument("--lr", type=_lr_list, default=_lr_list(DEFAULT_LR),
+    g.add_argument("--lr", type=_number_list, default=_number_list(DEFAULT_LR),
                    help="peak learning rate of the head; several, comma-separated (3e-4,1e-3,3e-3), are each run "
                         "with every seed and the one with the best median validation score is reported: the "
                         f"search every fair comparison needs (default {DEFAULT_LR})")
     g.add_argument("--layer-decay", type=float, default=0.8, help="layer-wise lr decay; 1 = off")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
-    g.add_argument("--epochs", type=float, default=3.0)
+    g.add_argument("--epochs", type=_number_list, default=[3.0],
+                   help="passes over the training rows; several, comma-separated (10,20), are searched like --lr "
+                        "(every rate with every length; the best median validation score is reported)")
     g.add_argument("--batch-size", type=int, default=32, help="global batch (split over accelerate's processes)")
     g.add_argument("--max-length", type=int, default=0, help="tokens per text (default: the model's positions)")
     g.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -81,16 +84,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_recipe(a: argparse.Namespace) -> None:
     bad = []
-    for name, ok in (("lr", bool(a.lr) and all(0 < x < float("inf") for x in a.lr)),
-                     ("layer-decay", 0 < a.layer_decay <= 1),
+    def positive(values: list[float]) -> bool:
+        return bool(values) and all(0 < x < float("inf") for x in values)
+
+    for name, ok in (("lr", positive(a.lr)), ("layer-decay", 0 < a.layer_decay <= 1),
                      ("weight-decay", a.weight_decay >= 0), ("warmup-ratio", 0 <= a.warmup_ratio < 1),
-                     ("epochs", a.epochs > 0), ("batch-size", a.batch_size > 0), ("seeds", a.seeds >= 1),
+                     ("epochs", positive(a.epochs)), ("batch-size", a.batch_size > 0), ("seeds", a.seeds >= 1),
                      ("max-length", a.max_length >= 0), ("evals-per-epoch", a.evals_per_epoch >= 1),
                      ("validation-fraction", 0 < a.validation_fraction < 1), ("max-grad-norm", a.max_grad_norm >= 0),
                      ("train-rows", a.train_rows >= 0)):
         if not ok:
             value = getattr(a, name.replace('-', '_'))
-            bad.append(f"--{name} {','.join(map(str, value)) if isinstance(value, list) else value}")
+            bad.append(f"--{name} {','.join(f'{x:g}' for x in value) if isinstance(value, list) else value}")
     if bad:
         raise GptDsError(f"out of range: {', '.join(bad)} (see gpt-ds finetune --help)")
 
@@ -167,8 +172,8 @@ def predict(model, loader, accelerator) -> tuple[list[int], list[int]]:
     return labels, preds
 
 
-def finetune_seed(seed: int, lr: float, a: argparse.Namespace, accelerator, model_dir: Path, config, features: dict,
-                  collate, log) -> tuple[dict, dict]:
+def finetune_seed(seed: int, lr: float, epochs: float, a: argparse.Namespace, accelerator, model_dir: Path, config,
+                  features: dict, collate, log) -> tuple[dict, dict]:
     """One fine-tuning run; returns its figures and the CPU state dict of its best validation point."""
     set_seed(seed)  # the same head init (and, with --random-init, the same encoder) on every process
     model = build_model(model_dir, config, a.random_init)
@@ -180,14 +185,15 @@ def finetune_seed(seed: int, lr: float, a: argparse.Namespace, accelerator, mode
     eval_dls = {s: DataLoader(features[s], batch_size=2 * a.batch_size, collate_fn=collate)
                 for s in ("validation", "test") if s in features}
     steps_per_epoch = -(-len(features["train"]) // a.batch_size)
-    total = max(1, int(round(a.epochs * steps_per_epoch)))
+    total = max(1, int(round(epochs * steps_per_epoch)))
     scheduler = make_scheduler(optimizer, int(a.warmup_ratio * total), total, 0.0)
     model, optimizer, train_dl, scheduler, *evals = accelerator.prepare(model, optimizer, train_dl, scheduler,
                                                                          *eval_dls.values())
     eval_dls = dict(zip(eval_dls, evals))
-    eval_at = {max(1, round(total * k / (a.evals_per_epoch * a.epochs)))
-               for k in range(1, int(a.evals_per_epoch * a.epochs) + 1)} | {total}
+    eval_at = {max(1, round(total * k / (a.evals_per_epoch * epochs)))
+               for k in range(1, int(a.evals_per_epoch * epochs) + 1)} | {total}
     best, best_state, step, t0, losses = None, None, 0, time.perf_counter(), []
+    tag = search_tag(a, lr, epochs)
     model.train()
     while step < total:
         for batch in train_dl:
@@ -209,7 +215,7 @@ def finetune_seed(seed: int, lr: float, a: argparse.Namespace, accelerator, mode
                                   for k, v in accelerator.unwrap_model(model).state_dict().items()}
                 train_loss = torch.stack(losses).float().mean().item()
                 losses = []
-                log(f"{'' if len(a.lr) == 1 else f'lr {lr:g} '}seed {seed} step {step}/{total} "
+                log(f"{tag}seed {seed} step {step}/{total} "
                     f"epoch {step / steps_per_epoch:.2f} train loss {train_loss:.4f} "
                     f"validation " + " ".join(f"{m} {val[m]:.4f}" for m in METRICS) + (" (best)" if better else ""))
             if step >= total:
@@ -224,6 +230,11 @@ def finetune_seed(seed: int, lr: float, a: argparse.Namespace, accelerator, mode
 
 
 # ------------------------------------------------------------------------------------------------------- command
+
+
+def search_tag(a: argparse.Namespace, lr: float, epochs: float) -> str:
+    """What names one setting of the search in the log ('' when nothing is searched)."""
+    return (f"lr {lr:g} " if len(a.lr) > 1 else "") + (f"epochs {epochs:g} " if len(a.epochs) > 1 else "")
 
 
 def default_out(model_dir: Path, random_init: bool) -> Path:
@@ -284,35 +295,36 @@ def finetune(a: argparse.Namespace) -> dict:
         f"{task.label_names[:10]}, " + ", ".join(f"{s} {c['examples']}" for s, c in counts.items()) +
         f"; {n_proc} process(es) on {accelerator.device}, max length {max_length}")
     collate = DataCollatorWithPadding(tokenizer)
-    searched = []  # per learning rate: its seeds, medians and best seed's weights
-    for lr in a.lr:
+    searched = []  # per (rate, epochs): its seeds, medians and best seed's weights
+    for lr, epochs in itertools.product(a.lr, a.epochs):
+        tag = search_tag(a, lr, epochs)
         per_seed, best_state, best_val, best_seed = [], None, None, None
         for seed in range(a.first_seed, a.first_seed + a.seeds):
-            result, state = finetune_seed(seed, lr, a, accelerator, model_dir, config, features, collate, log)
+            result, state = finetune_seed(seed, lr, epochs, a, accelerator, model_dir, config, features, collate, log)
             per_seed.append(result)
             score = result["validation"][a.select_metric]
             if best_val is None or score > best_val:
                 best_val, best_seed = score, seed
                 best_state = state if not a.no_save else None
-            log(f"{'' if len(a.lr) == 1 else f'lr {lr:g} '}seed {seed} done: best validation {a.select_metric} "
-                f"{score:.4f} at step {result['best_step']}"
+            log(f"{tag}seed {seed} done: best validation {a.select_metric} {score:.4f} at step {result['best_step']}"
                 + (f", test {a.select_metric} {result['test'][a.select_metric]:.4f}" if "test" in result else ""))
-        searched.append({"lr": lr, "seeds": per_seed, "state": best_state, "best_seed": best_seed,
+        searched.append({"lr": lr, "epochs": epochs, "seeds": per_seed, "state": best_state, "best_seed": best_seed,
                          "median": {s: median_over_seeds(per_seed, s) for s in ("validation", "test")}})
-        if len(a.lr) > 1:
-            val = searched[-1]["median"]["validation"][a.select_metric]
-            log(f"lr {lr:g}: median validation {a.select_metric} {val:.4f}")
-    # the learning rate is chosen on validation only (the first listed wins a tie); test is read at that one
+        if tag:
+            log(f"{tag}median validation {a.select_metric} {searched[-1]['median']['validation'][a.select_metric]:.4f}")
+    # the setting is chosen on validation only (the first listed wins a tie); test is read at that one
     chosen = max(searched, key=lambda r: r["median"]["validation"][a.select_metric])
     per_seed, best_state, best_seed = chosen["seeds"], chosen["state"], chosen["best_seed"]
-    recipe = {k: getattr(a, k) for k in ("layer_decay", "weight_decay", "warmup_ratio", "epochs", "batch_size",
+    recipe = {k: getattr(a, k) for k in ("layer_decay", "weight_decay", "warmup_ratio", "batch_size",
                                          "max_grad_norm", "evals_per_epoch", "select_metric", "train_rows")}
     summary = {"model": str(model_dir), "random_init": a.random_init, "labels": task.label_names, "data": counts,
-               "recipe": dict(recipe, lr=chosen["lr"], max_length=max_length, processes=n_proc), "seeds": per_seed,
-               "median": chosen["median"]}
-    if len(a.lr) > 1:
-        summary["lr_search"] = [{"lr": r["lr"], "median": r["median"]} for r in searched]
-        log(f"lr {chosen['lr']:g} chosen on validation (of {', '.join(f'{x:g}' for x in a.lr)})")
+               "recipe": dict(recipe, lr=chosen["lr"], epochs=chosen["epochs"], max_length=max_length,
+                              processes=n_proc),
+               "seeds": per_seed, "median": chosen["median"]}
+    if len(searched) > 1:
+        summary["search"] = [{"lr": r["lr"], "epochs": r["epochs"], "median": r["median"]} for r in searched]
+        log(f"{search_tag(a, chosen['lr'], chosen['epochs'])}chosen on validation (of {len(searched)} settings: lr "
+            f"{', '.join(f'{x:g}' for x in a.lr)} x epochs {', '.join(f'{x:g}' for x in a.epochs)})")
     if not a.no_save:
         out = Path(a.out) if a.out else default_out(model_dir, a.random_init)
         summary["out"] = str(out)
