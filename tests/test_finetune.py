@@ -291,12 +291,15 @@ def test_an_epoch_search_runs_each_length_as_its_own_schedule_and_picks_on_valid
     validation like a rate; the chosen length's figures are those of a run given it alone."""
     paths = write_task(tmp_path / "task", n_train=160, n_eval=40)
     args = ["--train", paths["train"], "--validation", paths["validation"], "--test", paths["test"], "--lr", "3e-3",
-            "--batch-size", "16", "--seeds", "1", "--no-save"]
-    grid = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "0.2,5"))
+            "--batch-size", "16", "--seeds", "1"]
+    # the 5-epoch setting runs first and leads, then the 0.2-epoch one must not displace its kept weights
+    grid = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "5,0.2", "--out", tmp_path / "best"))
     by_length = {r["epochs"]: r["median"]["validation"]["accuracy"] for r in grid["search"]}
     assert sorted(by_length) == [0.2, 5.0]
     assert by_length[5.0] > by_length[0.2], by_length  # 2 steps cannot learn the task; 50 can
     assert grid["recipe"]["epochs"] == 5.0 and grid["seeds"][0]["steps"] == 50
-    alone = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "5"))
+    saved = json.loads((tmp_path / "best" / "results.json").read_text())
+    assert saved["recipe"]["epochs"] == 5.0 and (tmp_path / "best" / "model.safetensors").is_file()
+    alone = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "5", "--no-save"))
     assert "search" not in alone and alone["recipe"]["epochs"] == 5.0
     assert grid["seeds"] == [dict(s, train_seconds=g["train_seconds"]) for s, g in zip(alone["seeds"], grid["seeds"])]
