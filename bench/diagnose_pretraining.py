@@ -1,12 +1,13 @@
 """Why does (or doesn't) a pretrained export help fine-tuning? Measurements on one export, for docs/results.md.
 
 For an export folder (gpt-ds export --out DIR: DIR/discriminator and DIR/generator):
-- rtd: held-out news text corrupted by the exported generator, scored by the exported discriminator, against a
-  token-identity-only baseline (gpt_ds.evaluate.rtd_report);
+- rtd (not for an MLM export): held-out news text corrupted by the exported generator, scored by the exported
+  discriminator, against a token-identity-only baseline (gpt_ds.evaluate.rtd_report);
 - geometry: the word-embedding tables' first-principal-direction share (random init: ~1%);
 - order: whether the exported generator reads word order (gpt_ds.evaluate.order_sensitivity);
-- layers: per layer of the discriminator, the first-principal-direction share and effective dimensions of its outputs
-  on the task's training sentences, beside a random-init twin (gpt_ds.evaluate.hidden_geometry);
+- layers: per layer of the discriminator (of an MLM export: its masked LM), the first-principal-direction share and
+  effective dimensions of its outputs on the task's training sentences, beside a random-init twin
+  (gpt_ds.evaluate.hidden_geometry);
 - ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds) with only part of the pretrained weights kept and
   the rest re-drawn from the random init: all, embeddings only, encoder only, none (= --random-init). Which part helps
   or hurts shows in the test accuracy of each.
@@ -75,34 +76,38 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--work", default="runs/diagnose")
     a = ap.parse_args()
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from demo.corpora import labeled_task
     from gpt_ds.evaluate import embedding_geometry, hidden_geometry, order_sensitivity, rtd_report
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     export, work = Path(a.export), Path(a.work)
+    if not (export / "gpt_ds_export.json").is_file():
+        raise SystemExit(f"{export}: not a `gpt-ds export --out` folder (no gpt_ds_export.json)")
     info = json.loads((export / "gpt_ds_export.json").read_text())
+    # an MLM run (objective.kind=mlm) exports its masked LM alone: that is the encoder a downstream team gets
+    mlm = not (export / "discriminator").is_dir()
+    if mlm and a.ablate:
+        raise SystemExit(f"{export}: an MLM export has no discriminator; --ablate re-draws parts of a discriminator")
+    encoder = export / ("generator" if mlm else "discriminator")
     temperature = a.temperature or info.get("temperature", 1.0)
     held, fit = news_texts(work)
-    out = {"export": str(export), "temperature": temperature,
-           "rtd": rtd_report(export, held, fit, temperature),
-           "geometry": {"discriminator": embedding_geometry(AutoModelForPreTraining.from_pretrained(
-               export / "discriminator")), "generator": embedding_geometry(AutoModelForMaskedLM.from_pretrained(
-                   export / "generator"))},
+    out = {"export": str(export), "encoder": encoder.name, "temperature": temperature,
+           "geometry": {"generator": embedding_geometry(AutoModelForMaskedLM.from_pretrained(export / "generator"))},
            "order": order_sensitivity(export / "generator", held)}
+    if not mlm:
+        out["rtd"] = rtd_report(export, held, fit, temperature)
+        out["geometry"]["discriminator"] = embedding_geometry(AutoModelForPreTraining.from_pretrained(encoder))
     task = labeled_task(a.task, work / "tasks")
     sentences = [json.loads(line)["text"] for line in Path(task["train"]).read_text().splitlines()[:300]]
-    disc = export / "discriminator"
     torch.manual_seed(0)
     out["layers"] = {"task": a.task, "sentences": len(sentences),
-                     "export": hidden_geometry(AutoModel.from_pretrained(disc), AutoTokenizer.from_pretrained(disc),
-                                               sentences),
-                     "random_init": hidden_geometry(AutoModel.from_config(AutoConfig.from_pretrained(disc)),
-                                                    AutoTokenizer.from_pretrained(disc), sentences)}
+                     "export": hidden_geometry(AutoModel.from_pretrained(encoder),
+                                               AutoTokenizer.from_pretrained(encoder), sentences),
+                     "random_init": hidden_geometry(AutoModel.from_config(AutoConfig.from_pretrained(encoder)),
+                                                    AutoTokenizer.from_pretrained(encoder), sentences)}
     print(json.dumps(out), file=sys.stderr)
     if a.ablate:
         out["ablation"] = {"task": a.task, "seeds": a.seeds}
