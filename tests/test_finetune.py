@@ -299,7 +299,13 @@ def test_an_epoch_search_runs_each_length_as_its_own_schedule_and_picks_on_valid
     assert by_length[5.0] > by_length[0.2], by_length  # 2 steps cannot learn the task; 50 can
     assert grid["recipe"]["epochs"] == 5.0 and grid["seeds"][0]["steps"] == 50
     saved = json.loads((tmp_path / "best" / "results.json").read_text())
-    assert saved["recipe"]["epochs"] == 5.0 and (tmp_path / "best" / "model.safetensors").is_file()
+    assert saved["recipe"]["epochs"] == 5.0
+    # the kept weights are the 5-epoch run's: they score its validation accuracy, not the 2-step run's
+    from transformers import pipeline
+    clf = pipeline("text-classification", model=str(tmp_path / "best"), tokenizer=str(tmp_path / "best"))
+    rows = [json.loads(x) for x in paths["validation"].read_text().splitlines()]
+    kept = sum(p["label"] == r["label"] for p, r in zip(clf([r["text"] for r in rows]), rows)) / len(rows)
+    assert kept == pytest.approx(by_length[5.0], abs=1.5 / len(rows)), (kept, by_length)
     alone = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "5", "--no-save"))
     assert "search" not in alone and alone["recipe"]["epochs"] == 5.0
     assert grid["seeds"] == [dict(s, train_seconds=g["train_seconds"]) for s, g in zip(alone["seeds"], grid["seeds"])]

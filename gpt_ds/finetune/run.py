@@ -310,14 +310,13 @@ def finetune(a: argparse.Namespace) -> dict:
                 + (f", test {a.select_metric} {result['test'][a.select_metric]:.4f}" if "test" in result else ""))
         searched.append({"lr": lr, "epochs": epochs, "seeds": per_seed, "state": best_state, "best_seed": best_seed,
                          "median": {s: median_over_seeds(per_seed, s) for s in ("validation", "test")}})
-        leader = max(searched, key=lambda r: r["median"]["validation"][a.select_metric])
+        leader = max(searched, key=lambda r: r["median"]["validation"][a.select_metric])  # the first on a tie
         for r in searched:  # only the leading setting's weights are kept: a grid of models would not fit in memory
             if r is not leader:
                 r["state"] = None
         if tag:
             log(f"{tag}median validation {a.select_metric} {searched[-1]['median']['validation'][a.select_metric]:.4f}")
-    # the setting is chosen on validation only (the first listed wins a tie); test is read at that one
-    chosen = max(searched, key=lambda r: r["median"]["validation"][a.select_metric])
+    chosen = leader  # chosen on validation only; test is read at that setting alone
     per_seed, best_state, best_seed = chosen["seeds"], chosen["state"], chosen["best_seed"]
     recipe = {k: getattr(a, k) for k in ("layer_decay", "weight_decay", "warmup_ratio", "batch_size",
                                          "max_grad_norm", "evals_per_epoch", "select_metric", "train_rows")}
