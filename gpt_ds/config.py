@@ -94,6 +94,13 @@ class ObjectiveConfig:
     # a corrective masked-LM loss on the discriminator too (predict the original token at the masked positions from the
     # corrupted text, COCO-LM's "corrective LM"): a many-way target beside the one-way RTD logit. 0 = pure ELECTRA
     disc_mlm_weight: float = 0.0
+    # COCO-LM's sequence contrastive learning on the discriminator's [CLS]: a share `scl_rows` of each micro-batch's
+    # rows also goes through the discriminator uncorrupted, and each such row's [CLS] must pick out its corrupted twin
+    # among the micro-batch's rows (InfoNCE on cosine / scl_temperature). It keeps sentence-level information in the
+    # vector a classifier reads, which RTD alone squeezes out at small budgets (docs/results.md §8.4). 0 = off
+    disc_scl_weight: float = 0.0
+    scl_rows: float = 0.25
+    scl_temperature: float = 0.1
 
 
 @dataclass
@@ -365,6 +372,12 @@ def validate(cfg: Config) -> None:
         problems.append(f"objective.temperature = {o.temperature} must be > 0")
     if not (math.isfinite(o.disc_mlm_weight) and o.disc_mlm_weight >= 0):
         problems.append(f"objective.disc_mlm_weight = {o.disc_mlm_weight} must be a finite number >= 0 (0 = off)")
+    if not (math.isfinite(o.disc_scl_weight) and o.disc_scl_weight >= 0):
+        problems.append(f"objective.disc_scl_weight = {o.disc_scl_weight} must be a finite number >= 0 (0 = off)")
+    if not 0 < o.scl_rows <= 1:
+        problems.append(f"objective.scl_rows = {o.scl_rows} must be in (0, 1]: the share of rows seen uncorrupted too")
+    if not (math.isfinite(o.scl_temperature) and o.scl_temperature > 0):
+        problems.append(f"objective.scl_temperature = {o.scl_temperature} must be a finite number > 0")
     if m.hidden_size % m.num_heads:
         problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if not 0 < m.generator_hidden_ratio <= 1:

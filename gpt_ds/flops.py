@@ -42,7 +42,9 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     g = generator_sizes(m)
     gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], e)
            + masked * 2 * (g["hidden_size"] * e + e * v))
-    disc = (encoder_forward_flops(tokens, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
+    # sequence contrastive learning: a share of the rows passes the discriminator's encoder a second time, uncorrupted
+    views = round(o.scl_rows * cfg.train.global_batch) * L if o.disc_scl_weight > 0 else 0
+    disc = (encoder_forward_flops(tokens + views, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
             + tokens * 2 * (m.hidden_size * m.hidden_size + m.hidden_size))
     if o.disc_mlm_weight > 0:  # the corrective LM head at the masked positions
         disc += masked * 2 * (m.hidden_size * e + e * v)

@@ -310,3 +310,47 @@ def test_corrective_lm_is_a_plain_cross_entropy_at_the_masked_positions():
     plain = Discriminator(discriminator_config(cfg, V, 0), kernels="reference").eval()
     assert plain.corrective is None and plain(corrupted, att, tt, labels, positions=mk.positions,
                                               targets=mk.targets).mlm_loss is None
+
+
+def test_sequence_contrastive_loss_matches_a_float64_reference_and_leaves_the_token_losses_alone():
+    """objective.disc_scl_weight > 0: rows 0..k-1 also pass the encoder uncorrupted, in the same call. The token
+    losses read the corrupted rows only (as without the views), the SCL loss is the float64 InfoNCE of transformers'
+    [CLS] vectors, and under GDES the generator hands over the base embeddings of the views too."""
+    cfg = tiny_cfg(**{"objective.embedding_sharing": "none"})
+    torch.manual_seed(5)
+    disc = Discriminator(discriminator_config(cfg, V, 0), kernels="reference", corrective_lm=True).eval()
+    b, k, tau = 4, 2, 0.3
+    ids, att = rows(b, seed=1, pad_tail=2)
+    tt = torch.zeros_like(ids)
+    mk = do_mask(ids, att, torch.arange(b))
+    corrupted = ids.clone()
+    corrupted.view(-1)[mk.positions] = (mk.targets + 11) % (V - 5) + 5
+    labels = (corrupted != ids).long()
+    alone = disc(corrupted, att, tt, labels, positions=mk.positions, targets=mk.targets)
+    out = disc(corrupted, att, tt, labels, positions=mk.positions, targets=mk.targets, view_ids=ids[:k],
+               scl_temperature=tau)
+    assert alone.scl_loss is None
+    assert abs(out.loss.item() - alone.loss.item()) < 1e-6 and abs(out.mlm_loss.item() - alone.mlm_loss.item()) < 1e-5
+    hf = ElectraForPreTraining(disc.pt.config).eval()
+    hf.load_state_dict(disc.pt.state_dict())
+    with torch.no_grad():
+        cls = [hf.electra(x, attention_mask=a, token_type_ids=t).last_hidden_state[:, 0].double()
+               for x, a, t in ((corrupted, att, tt), (ids[:k], att[:k], tt[:k]))]
+    c, v = (x / x.norm(dim=-1, keepdim=True) for x in cls)
+    sim = v @ c.T / tau  # (k, b): view i against every corrupted row
+    forward = -(sim.diagonal() - sim.logsumexp(-1)).mean()  # each view picks its twin among b rows
+    back = -(sim[:, :k].diagonal() - sim[:, :k].logsumexp(0)).mean()  # each twin picks its view among k
+    assert abs(out.scl_loss.item() - 0.5 * (forward + back).item()) < 1e-5
+    right = (sim.argmax(-1) == torch.arange(k)).sum() + (sim[:, :k].argmax(0) == torch.arange(k)).sum()
+    assert out.scl_correct.item() == right.item()
+    out.scl_loss.backward()
+    assert disc.pt.electra.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+    # GDES: the generator's detached base embeddings cover the corrupted rows, then the views
+    gcfg = tiny_cfg()
+    gen = Generator(generator_config(gcfg, V, 0), kernels="reference", share_embeddings=True).eval()
+    g = gen(mk.masked_ids, att, tt, mk.positions, mk.targets, mk.row_ids, ids, 3, view_ids=ids[:k])
+    emb = gen.mlm.electra.embeddings
+    pos = emb.position_embeddings(torch.arange(L))[None]
+    assert g.base_embeds.shape[0] == b + k
+    assert torch.allclose(g.base_embeds[b:], emb.word_embeddings(ids[:k]) + pos)
+    assert torch.allclose(g.base_embeds[:b], emb.word_embeddings(g.corrupted_ids) + pos)

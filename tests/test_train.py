@@ -255,6 +255,7 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     (["logging.every=0"], "logging.every = 0 must be > 0"),
     (["model.hidden_dropout=1.5"], "model.hidden_dropout = 1.5 must be in [0, 1)"),
     (["objective.disc_mlm_weight=-1"], "objective.disc_mlm_weight = -1.0 must be a finite number >= 0"),
+    (["objective.disc_scl_weight=1", "objective.scl_rows=0"], "objective.scl_rows = 0.0 must be in (0, 1]"),
 ])
 def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", *overrides, "--nproc", "2", check=False,
@@ -508,8 +509,9 @@ def test_generator_first_keeps_the_discriminator_out_until_its_step(tmp_path):
 
 
 def test_corrective_lm_and_rtd_without_specials_train_log_count_and_export(tmp_path):
-    """The `tiny` demo recipe's two objective switches end to end: the corrective LM's loss is logged and in the total,
-    its head counts in the FLOPs, the export (encoder only) verifies against plain transformers."""
+    """The `tiny` demo recipe's objective switches end to end: the corrective LM's and the sequence contrastive loss are
+    logged and in the total, their head and second pass count in the FLOPs, the export (encoder only) verifies
+    against plain transformers."""
     from types import SimpleNamespace
 
     from gpt_ds.config import load_config
@@ -517,18 +519,21 @@ def test_corrective_lm_and_rtd_without_specials_train_log_count_and_export(tmp_p
     from gpt_ds.train.trainer import Trainer
     d = tmp_path / "run"
     over = [*FAST, f"run.dir={d}", "train.max_steps=3", "objective.disc_mlm_weight=2",
-            "objective.rtd_on_specials=false", "logging.tensorboard=false", "logging.peak_tflops=1",
+            "objective.rtd_on_specials=false", "objective.disc_scl_weight=3", "logging.tensorboard=false",
+            "logging.peak_tflops=1",
             "deepspeed.generator=ds_configs/zero0_fp32.json", "deepspeed.discriminator=ds_configs/zero0_fp32.json"]
     p = gpt_ds("pretrain", "tiny", *over)
     rows = metrics(d)
-    assert all(r["disc_mlm_loss"] > 0 for r in rows) and " clm " in p.stderr
+    assert all(r["disc_mlm_loss"] > 0 and r["disc_scl_loss"] > 0 for r in rows) and " clm " in p.stderr
+    assert " scl " in p.stderr and all(0 <= r["disc_scl_acc"] <= 1 for r in rows)
     for r in rows:
-        assert abs(r["loss"] - (r["gen_loss"] + 50 * r["disc_loss"] + 2 * r["disc_mlm_loss"])) < 1e-9 * r["loss"]
+        assert abs(r["loss"] - (r["gen_loss"] + 50 * r["disc_loss"] + 2 * r["disc_mlm_loss"] + 3 * r["disc_scl_loss"])) \
+            < 1e-9 * r["loss"]
     info = json.loads(gpt_ds("export", d, "--out", tmp_path / "out", "--verify").stdout.strip().splitlines()[-1])
     cfg = load_config("tiny", over)
     assert info["train_flops"] == run_flops(cfg, 3, 300) == 3 * step_flops(cfg, 300)["total"]
-    assert step_flops(cfg, 300)["total"] > step_flops(load_config("tiny", [*over, "objective.disc_mlm_weight=0"]),
-                                                      300)["total"]
+    for off in ("objective.disc_mlm_weight=0", "objective.disc_scl_weight=0"):
+        assert step_flops(cfg, 300)["total"] > step_flops(load_config("tiny", [*over, off]), 300)["total"]
     # which tokens RTD scores: every real one, or only those the generator may replace
     ids = torch.tensor([[2, 9, 8, 3, 7, 3, 0]])
     batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}

@@ -17,6 +17,8 @@ class DiscriminatorOutput(NamedTuple):
     logits: torch.Tensor  # (T,) detached logits of those tokens
     labels: torch.Tensor  # (T,) 1 = replaced
     mlm_loss: torch.Tensor | None = None  # mean corrective-LM cross-entropy at the masked positions
+    scl_loss: torch.Tensor | None = None  # sequence contrastive loss of the uncorrupted views (view_ids)
+    scl_correct: torch.Tensor | None = None  # how many of both directions' picks were the twin
 
 
 def corrective_head(config: ElectraConfig) -> nn.ModuleDict:
@@ -29,6 +31,22 @@ def corrective_head(config: ElectraConfig) -> nn.ModuleDict:
             nn.init.normal_(m.weight, std=config.initializer_range)
             nn.init.zeros_(m.bias)
     return head
+
+
+def sequence_contrastive_loss(views: torch.Tensor, corrupted: torch.Tensor, temperature: float):
+    """COCO-LM's SCL on [CLS] vectors: views (k, H) are rows 0..k-1 of corrupted (B, H) seen uncorrupted. Each view
+    picks its corrupted twin among all B rows, and each of those k corrupted rows its view among the k views; the
+    mean of both cross-entropies, and how many picks were right. Cosine similarity, so only directions count: the
+    other rows' [CLS] vectors are pushed apart, which is what keeps them from collapsing onto one."""
+    a = nn.functional.normalize(views.float(), dim=-1)
+    c = nn.functional.normalize(corrupted.float(), dim=-1)
+    logits = a @ c.T / temperature  # (k, B)
+    k = a.shape[0]
+    twin = torch.arange(k, device=logits.device)
+    back = logits[:, :k].T  # corrupted row i over the k views
+    loss = 0.5 * (nn.functional.cross_entropy(logits, twin) + nn.functional.cross_entropy(back, twin))
+    correct = (logits.argmax(-1) == twin).sum() + (back.argmax(-1) == twin).sum()
+    return loss, correct.detach()
 
 
 class Discriminator(nn.Module):
@@ -73,8 +91,21 @@ class Discriminator(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                 labels: torch.Tensor, base_embeds: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None) -> DiscriminatorOutput:
+                targets: torch.Tensor | None = None, view_ids: torch.Tensor | None = None,
+                scl_temperature: float = 0.1) -> DiscriminatorOutput:
+        """view_ids (k, L): rows 0..k-1 of the batch uncorrupted, encoded in the same pass for the sequence contrastive
+        loss (base_embeds then covers B + k rows); the token losses read the B corrupted rows only."""
+        b = input_ids.shape[0]
+        k = 0 if view_ids is None else view_ids.shape[0]
+        if k:
+            input_ids = torch.cat([input_ids, view_ids])
+            attention_mask = torch.cat([attention_mask, attention_mask[:k]])
+            token_type_ids = torch.cat([token_type_ids, token_type_ids[:k]])
         hidden = self.encode(input_ids, attention_mask, token_type_ids, base_embeds)
+        scl_loss = scl_correct = None
+        if k:
+            scl_loss, scl_correct = sequence_contrastive_loss(hidden[b:, 0], hidden[:b, 0], scl_temperature)
+            hidden, attention_mask = hidden[:b], attention_mask[:b]
         active = (attention_mask if loss_mask is None else loss_mask).reshape(-1).bool()
         h = hidden.reshape(-1, hidden.shape[-1])[active]
         y = labels.reshape(-1)[active]
@@ -86,4 +117,4 @@ class Discriminator(nn.Module):
             at = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
             logits = self.corrective["out"](self.corrective["predictions"](at))
             mlm_loss = nn.functional.cross_entropy(logits.float(), targets)
-        return DiscriminatorOutput(out.loss, out.logits, y, mlm_loss)
+        return DiscriminatorOutput(out.loss, out.logits, y, mlm_loss, scl_loss, scl_correct)

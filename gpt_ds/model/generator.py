@@ -16,7 +16,8 @@ class GeneratorOutput(NamedTuple):
     sampled: torch.Tensor  # (N,) replacement tokens
     correct: torch.Tensor  # (N,) argmax == original
     corrupted_ids: torch.Tensor  # (B, L) the discriminator's input: originals with the samples put in
-    base_embeds: torch.Tensor | None  # (B, L, E) detached word + position embeddings of corrupted_ids (GDES)
+    base_embeds: torch.Tensor | None  # (B [+ k], L, E) detached word + position embeddings of corrupted_ids [and
+    # view_ids] (GDES)
 
 
 class Generator(nn.Module):
@@ -41,7 +42,7 @@ class Generator(nn.Module):
 
     def forward(self, masked_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                 positions: torch.Tensor, targets: torch.Tensor, row_ids: torch.Tensor, original_ids: torch.Tensor,
-                seed: int) -> GeneratorOutput:
+                seed: int, view_ids: torch.Tensor | None = None) -> GeneratorOutput:
         hidden = self.mlm.electra(masked_ids, attention_mask=attention_mask,
                                   token_type_ids=token_type_ids).last_hidden_state
         at_masked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
@@ -57,5 +58,6 @@ class Generator(nn.Module):
             emb = self.mlm.electra.embeddings
             with torch.no_grad():
                 pos = torch.arange(corrupted.shape[1], device=corrupted.device)[None, :]
-                base = (emb.word_embeddings(corrupted) + emb.position_embeddings(pos)).detach()
+                rows = corrupted if view_ids is None else torch.cat([corrupted, view_ids])
+                base = (emb.word_embeddings(rows) + emb.position_embeddings(pos)).detach()
         return GeneratorOutput(out.loss, out.sampled, out.correct, corrupted, base)

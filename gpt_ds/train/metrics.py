@@ -25,7 +25,8 @@ AUC_BINS = 512
 # What StepStats sums, one float64 slot each (one tensor, so the log step reduces them in one collective)
 SLOTS = ("gen_loss_sum", "masked", "gen_correct", "replaced",  # the generator, over masked positions
          "disc_loss_sum", "tokens", "disc_correct", "true_positives", "predicted_replaced", "replaced_tokens",
-         "clm_loss_sum", "clm_masked")  # the discriminator's corrective LM (objective.disc_mlm_weight > 0)
+         "clm_loss_sum", "clm_masked",  # the discriminator's corrective LM (objective.disc_mlm_weight > 0)
+         "scl_loss_sum", "scl_batches", "scl_correct", "scl_picks")  # its sequence contrastive loss
 _AT = {name: i for i, name in enumerate(SLOTS)}
 
 
@@ -66,6 +67,12 @@ class StepStats:
         self._add("clm_loss_sum", loss.detach().double() * n_masked)
         self._add("clm_masked", n_masked)
 
+    def add_contrastive(self, loss: torch.Tensor, correct: torch.Tensor, views: int) -> None:
+        self._add("scl_loss_sum", loss.detach().double())
+        self._add("scl_batches", 1)
+        self._add("scl_correct", correct)
+        self._add("scl_picks", 2 * views)
+
     def reduce(self) -> dict:
         packed = torch.cat([self.sums, self.pos_hist, self.neg_hist])
         if dist.is_available() and dist.is_initialized():
@@ -91,6 +98,9 @@ class StepStats:
             out["disc_auc"] = histogram_auc(pos, neg)
         if s["clm_masked"] > 0:
             out["disc_mlm_loss"] = s["clm_loss_sum"] / s["clm_masked"]
+        if s["scl_batches"] > 0:
+            out["disc_scl_loss"] = s["scl_loss_sum"] / s["scl_batches"]
+            out["disc_scl_acc"] = s["scl_correct"] / s["scl_picks"]
         return out
 
 
@@ -117,7 +127,7 @@ def peak_memory_gib() -> float:
 
 def progress_line(step: int, total: int, record: dict, elapsed: float, steps_per_s: float) -> str:
     """One greppable line per logging interval for job logs (docs/configuration.md, "Progress lines"):
-    `gpt_ds: step S/T (P%) loss L mlm M mlm_acc A [rtd R auc U] [clm C] tok/s N [mfu F] mem G GiB elapsed H:MM:SS eta H:MM:SS`.
+    `gpt_ds: step S/T (P%) loss L mlm M mlm_acc A [rtd R auc U] [clm C] [scl S] tok/s N [mfu F] mem G GiB elapsed H:MM:SS eta H:MM:SS`.
     The fields keep their names and order; absent ones (no discriminator, no MFU) are left out."""
     r = record
     parts = [f"gpt_ds: step {step}/{total} ({100 * step / max(1, total):.1f}%)", f"loss {r.get('loss', float('nan')):.4f}",
@@ -126,6 +136,8 @@ def progress_line(step: int, total: int, record: dict, elapsed: float, steps_per
         parts += [f"rtd {r['disc_loss']:.4f}", f"auc {r.get('disc_auc', float('nan')):.3f}"]
     if "disc_mlm_loss" in r:
         parts.append(f"clm {r['disc_mlm_loss']:.4f}")
+    if "disc_scl_loss" in r:
+        parts.append(f"scl {r['disc_scl_loss']:.4f}")
     parts.append(f"tok/s {r.get('tokens_per_s', 0):.0f}")
     if "mfu" in r:
         parts.append(f"mfu {r['mfu']:.3f}")

@@ -43,7 +43,14 @@ def loss_weights(objective, electra: bool) -> dict[str, float]:
     weights = {"gen": objective.gen_weight, "disc": objective.disc_weight}
     if objective.disc_mlm_weight > 0:
         weights["disc_mlm"] = objective.disc_mlm_weight
+    if objective.disc_scl_weight > 0:
+        weights["disc_scl"] = objective.disc_scl_weight
     return weights
+
+
+def scl_view_rows(objective, rows: int) -> int:
+    """How many of a micro-batch's rows the discriminator also sees uncorrupted (sequence contrastive learning)."""
+    return max(1, round(objective.scl_rows * rows)) if objective.disc_scl_weight > 0 else 0
 
 
 class Trainer:
@@ -178,9 +185,11 @@ class Trainer:
         sample_seed = self.cfg.run.seed ^ STREAM_SAMPLE
         for batch, mb, loss_mask in zip(micro_batches, masked, loss_masks):
             dev = {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+            k = scl_view_rows(self.cfg.objective, dev["input_ids"].shape[0]) if disc is not None else 0
+            view = {"view_ids": dev["input_ids"][:k]} if k else {}
             gen_out = gen(mb.masked_ids.to(self.device), dev["attention_mask"], dev["token_type_ids"],
                           mb.positions.to(self.device), mb.targets.to(self.device), mb.row_ids.to(self.device),
-                          dev["input_ids"], sample_seed)
+                          dev["input_ids"], sample_seed, **view)
             n_masked = mb.num_masked
             replaced = (gen_out.sampled != mb.targets.to(self.device))
             stats.add_generator(gen_out.loss, n_masked, gen_out.correct, replaced)
@@ -188,17 +197,21 @@ class Trainer:
                 labels = (gen_out.corrupted_ids != dev["input_ids"]).long()
                 disc_out = disc(gen_out.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels,
                                 gen_out.base_embeds, loss_mask.to(self.device), mb.positions.to(self.device),
-                                mb.targets.to(self.device))
+                                mb.targets.to(self.device), **view, scl_temperature=self.cfg.objective.scl_temperature)
                 n_tokens = disc_out.logits.numel()
                 stats.add_discriminator(disc_out.loss, disc_out.logits.float(), disc_out.labels)
                 if disc_out.mlm_loss is not None:
                     stats.add_corrective(disc_out.mlm_loss, n_masked)
+                if disc_out.scl_loss is not None:
+                    stats.add_contrastive(disc_out.scl_loss, disc_out.scl_correct, k)
             gen.backward(gen_out.loss * (weights["gen"] * n_masked / total_masked * factor))
             if disc is not None:
                 disc_loss = disc_out.loss * (weights["disc"] * n_tokens / total_tokens * factor)
                 if disc_out.mlm_loss is not None:
                     disc_loss = disc_loss + disc_out.mlm_loss * (weights["disc_mlm"] * n_masked / total_masked *
                                                                  factor)
+                if disc_out.scl_loss is not None:  # a mean per micro-batch: DeepSpeed's average over them is the step's
+                    disc_loss = disc_loss + disc_out.scl_loss * weights["disc_scl"]
                 disc.backward(disc_loss)
             gen.step()
             if disc is not None:
