@@ -58,7 +58,10 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
             f"temperature {cfg.objective.temperature}, discriminator weight {cfg.objective.disc_weight}"
             + ("" if cfg.objective.rtd_on_specials else ", replaced-token detection on replaceable tokens only")
             + (f", corrective masked-LM loss on the discriminator with weight {cfg.objective.disc_mlm_weight} (its "
-               f"head is not exported)" if cfg.objective.disc_mlm_weight > 0 else "") + ")"
+               f"head is not exported)" if cfg.objective.disc_mlm_weight > 0 else "")
+            + (f", sequence contrastive loss on the discriminator's [CLS] with weight {cfg.objective.disc_scl_weight} "
+               f"({cfg.objective.scl_rows:g} of the rows also seen uncorrupted)" if cfg.objective.disc_scl_weight > 0
+               else "") + ")"
             if cfg.objective.kind == "electra" else "") + f"; mask probability {cfg.objective.mask_prob}.",
         f"- Encoder: {size['num_layers']} layers, hidden {size['hidden_size']}, {size['num_heads']} heads, "
         f"intermediate {size['intermediate_size']}, embeddings {m.embedding_size}, {m.max_position_embeddings} positions, vocabulary "

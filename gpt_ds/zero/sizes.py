@@ -172,16 +172,19 @@ def recompute_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkp
 def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, checkpointing: bool,
                      flash: bool, cpu_kernels: bool = False) -> int:
     """Bytes autograd keeps from one micro-batch's forward of tower `t` until its backward (encoder + head)."""
-    m = cfg.model
-    enc = encoder_activation_bytes(t, micro, cfg.data.seq_len, act_bytes, checkpointing=checkpointing, flash=flash,
-                                   hidden_dropout=m.hidden_dropout > 0, attention_dropout=m.attention_dropout > 0,
+    m, o = cfg.model, cfg.objective
+    # sequence contrastive learning: the discriminator's encoder also runs the uncorrupted views (same forward)
+    views = max(1, round(o.scl_rows * micro)) if t.name == "discriminator" and o.disc_scl_weight > 0 else 0
+    enc = encoder_activation_bytes(t, micro + views, cfg.data.seq_len, act_bytes, checkpointing=checkpointing,
+                                   flash=flash, hidden_dropout=m.hidden_dropout > 0, attention_dropout=m.attention_dropout > 0,
                                    cpu_kernels=cpu_kernels)
     tokens = micro * cfg.data.seq_len
     if t.name == "generator":
         rows = masked_rows(cfg, micro)
         head = rows * (act_bytes * (t.hidden + 3 * t.embedding) + 4 * 4)  # gather, dense, GELU, LayerNorm
-        if cfg.objective.kind == "electra":
-            head += tokens * act_bytes * t.embedding  # GDES base embeddings handed to the discriminator
+        if cfg.objective.kind == "electra":  # GDES base embeddings handed to the discriminator (views too)
+            views = max(1, round(o.scl_rows * micro)) if o.disc_scl_weight > 0 else 0
+            head += (micro + views) * cfg.data.seq_len * act_bytes * t.embedding
     else:
         head = tokens * (act_bytes * t.hidden + 4)  # the head keeps its input and one logit per token
         if cfg.objective.disc_mlm_weight > 0:  # corrective LM: as the generator's head, plus its fp32 log-softmax
