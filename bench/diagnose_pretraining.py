@@ -8,17 +8,21 @@ For an export folder (gpt-ds export --out DIR: DIR/discriminator and DIR/generat
 - layers: per layer of the discriminator (of an MLM export: its masked LM), the first-principal-direction share and
   effective dimensions of its outputs on the task's training sentences, beside a random-init twin
   (gpt_ds.evaluate.hidden_geometry);
-- ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds) with only part of the pretrained weights kept and
-  the rest re-drawn from the random init: all, embeddings only, encoder only, none (= --random-init). Which part helps
-  or hurts shows in the test accuracy of each.
+- ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds, plus --finetune-args) the encoder (of an MLM
+  export: its masked LM's) with only part of the pretrained weights kept and the rest re-drawn from the random init: all, embeddings only, encoder only, all but the
+  top one or two layers, none (= --random-init); --parts picks some. Which part helps or hurts shows in the test
+  accuracy of each.
 
     .venv/bin/python bench/diagnose_pretraining.py runs/demo/export --ablate --task question-type
+    .venv/bin/python bench/diagnose_pretraining.py EXPORT --ablate --parts all,embeddings,all_but_top2 \
+        --finetune-args="--lr 1e-3,3e-3 --train-rows 500 --epochs 10"     # docs/results.md §8.4
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -44,7 +48,8 @@ def news_texts(work: Path) -> tuple[list[str], list[str]]:
 
 
 def partial_model(export: Path, keep, out: Path) -> Path:
-    """The discriminator with the parameters `keep` selects pretrained and the others from a seeded random init."""
+    """The encoder (a discriminator, or an MLM export's masked LM) with the parameters `keep` selects pretrained and
+    the others from a seeded random init, as an ElectraForPreTraining folder (a fine-tune drops its head)."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, ElectraForPreTraining
     pre = ElectraForPreTraining.from_pretrained(export)
@@ -57,11 +62,11 @@ def partial_model(export: Path, keep, out: Path) -> Path:
     return out
 
 
-def finetune(model: Path, task: dict, seeds: int) -> dict:
+def finetune(model: Path, task: dict, seeds: int, extra: list[str] = ()) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     p = subprocess.run([sys.executable, "-m", "gpt_ds.cli", "finetune", str(model), "--train", str(task["train"]),
                         "--validation", str(task["validation"]), "--test", str(task["test"]), "--seeds", str(seeds),
-                        "--no-save"], env=env, cwd=ROOT, capture_output=True, text=True)
+                        "--no-save", *extra], env=env, cwd=ROOT, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(p.stderr[-2000:])
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -74,6 +79,8 @@ def main() -> int:
     ap.add_argument("--ablate", action="store_true")
     ap.add_argument("--task", default="question-type")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--parts", default="", help="comma-separated parts to ablate (default: all of them)")
+    ap.add_argument("--finetune-args", default="", help="more `gpt-ds finetune` options, one quoted string")
     ap.add_argument("--work", default="runs/diagnose")
     a = ap.parse_args()
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
@@ -84,13 +91,15 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     export, work = Path(a.export), Path(a.work)
+    names = [*PARTS, "all_but_top_layer", "all_but_top2"]
+    unknown = [p for p in a.parts.split(",") if p and p not in names]
+    if unknown:  # before the minutes of diagnostics, not after
+        raise SystemExit(f"--parts: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
     if not (export / "gpt_ds_export.json").is_file():
         raise SystemExit(f"{export}: not a `gpt-ds export --out` folder (no gpt_ds_export.json)")
     info = json.loads((export / "gpt_ds_export.json").read_text())
     # an MLM run (objective.kind=mlm) exports its masked LM alone: that is the encoder a downstream team gets
     mlm = not (export / "discriminator").is_dir()
-    if mlm and a.ablate:
-        raise SystemExit(f"{export}: an MLM export has no discriminator; --ablate re-draws parts of a discriminator")
     encoder = export / ("generator" if mlm else "discriminator")
     temperature = a.temperature or info.get("temperature", 1.0)
     held, fit = news_texts(work)
@@ -111,12 +120,16 @@ def main() -> int:
     print(json.dumps(out), file=sys.stderr)
     if a.ablate:
         out["ablation"] = {"task": a.task, "seeds": a.seeds}
-        top = f"layer.{AutoModelForPreTraining.from_pretrained(export / 'discriminator').config.num_hidden_layers - 1}."
-        parts = dict(PARTS, all_but_top_layer=lambda k: top not in k)
+        n = AutoConfig.from_pretrained(encoder).num_hidden_layers  # the discriminator, or an MLM's masked LM
+        top, below = f"layer.{n - 1}.", f"layer.{n - 2}."
+        parts = dict(PARTS, all_but_top_layer=lambda k: top not in k,
+                     all_but_top2=lambda k: top not in k and below not in k)
+        chosen = a.parts.split(",") if a.parts else list(parts)
+        out["ablation"]["finetune_args"] = a.finetune_args
         with tempfile.TemporaryDirectory() as tmp:
-            for part, keep in parts.items():
-                model = partial_model(export / "discriminator", keep, Path(tmp) / part)
-                r = finetune(model, task, a.seeds)
+            for part in chosen:
+                model = partial_model(encoder, parts[part], Path(tmp) / part)
+                r = finetune(model, task, a.seeds, shlex.split(a.finetune_args))
                 out["ablation"][f"{part}_pretrained"] = 100 * r["median"]["test"]["accuracy"]
                 print(f"{part} pretrained: test accuracy {out['ablation'][f'{part}_pretrained']:.1f}",
                       file=sys.stderr, flush=True)
