@@ -96,8 +96,9 @@ class ObjectiveConfig:
     disc_mlm_weight: float = 0.0
     # COCO-LM's sequence contrastive learning on the discriminator's [CLS]: a share `scl_rows` of each micro-batch's
     # rows also goes through the discriminator uncorrupted, and each such row's [CLS] must pick out its corrupted twin
-    # among the micro-batch's rows (InfoNCE on cosine / scl_temperature). It keeps sentence-level information in the
-    # vector a classifier reads, which RTD alone squeezes out at small budgets (docs/results.md §8.4). 0 = off
+    # among the micro-batch's rows (InfoNCE on cosine / scl_temperature). Meant to keep sentence-level information in
+    # the vector a classifier reads, which RTD squeezes out at small budgets; at `tiny`'s budgets it did not
+    # (docs/results.md §8.4), so no preset sets it. 0 = off
     disc_scl_weight: float = 0.0
     scl_rows: float = 0.25
     scl_temperature: float = 0.1
