@@ -11,7 +11,7 @@ import statistics
 import time
 
 from gpt_ds.config import Config
-from gpt_ds.model.sizes import generator_sizes
+from gpt_ds.model.sizes import generator_sizes, scl_view_rows
 
 
 def attention_flops(tokens: int, seq_len: int, hidden: int, layers: int) -> float:
@@ -43,7 +43,8 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], e)
            + masked * 2 * (g["hidden_size"] * e + e * v))
     # sequence contrastive learning: a share of the rows passes the discriminator's encoder a second time, uncorrupted
-    views = round(o.scl_rows * cfg.train.global_batch) * L if o.disc_scl_weight > 0 else 0
+    # (counted over the global batch; the trainer rounds per micro-batch, equal when the share divides it)
+    views = scl_view_rows(o, cfg.train.global_batch) * L
     disc = (encoder_forward_flops(tokens + views, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
             + tokens * 2 * (m.hidden_size * m.hidden_size + m.hidden_size))
     if o.disc_mlm_weight > 0:  # the corrective LM head at the masked positions

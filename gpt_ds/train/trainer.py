@@ -26,6 +26,7 @@ from gpt_ds.dist.preempt import REQUEUE_EXIT_CODE, PreemptionHandler
 from gpt_ds.errors import GptDsError
 from gpt_ds.model.masking import STREAM_SAMPLE, mask_batch, replaceable
 from gpt_ds.model.priors import unigram_log_probs
+from gpt_ds.model.sizes import scl_view_rows
 from gpt_ds import checkpoint
 from gpt_ds.checkpoint import run_files
 from gpt_ds.train.engines import build_engines
@@ -47,10 +48,6 @@ def loss_weights(objective, electra: bool) -> dict[str, float]:
         weights["disc_scl"] = objective.disc_scl_weight
     return weights
 
-
-def scl_view_rows(objective, rows: int) -> int:
-    """How many of a micro-batch's rows the discriminator also sees uncorrupted (sequence contrastive learning)."""
-    return max(1, round(objective.scl_rows * rows)) if objective.disc_scl_weight > 0 else 0
 
 
 class Trainer:

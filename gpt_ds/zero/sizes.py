@@ -30,7 +30,7 @@ from gpt_ds.kernels import head_impl as kernels_head_impl
 from gpt_ds.kernels.discriminator_torch import rows_per_block
 from gpt_ds.kernels.generator_torch import TILE_ROWS, tile_cols  # the chunked heads' own tiling
 from gpt_ds.model.discriminator import corrective_head
-from gpt_ds.model.sizes import generator_sizes
+from gpt_ds.model.sizes import generator_sizes, scl_view_rows
 from gpt_ds.model.weight_decay import decays
 
 GEN_TILES = {"forward": 3, "backward": 2}  # logits, Gumbel noise, logits / T | logits -> gradient, gather temporaries
@@ -174,16 +174,17 @@ def activation_bytes(t: Tower, cfg: Config, micro: int, act_bytes: int, *, check
     """Bytes autograd keeps from one micro-batch's forward of tower `t` until its backward (encoder + head)."""
     m, o = cfg.model, cfg.objective
     # sequence contrastive learning: the discriminator's encoder also runs the uncorrupted views (same forward)
-    views = max(1, round(o.scl_rows * micro)) if t.name == "discriminator" and o.disc_scl_weight > 0 else 0
-    enc = encoder_activation_bytes(t, micro + views, cfg.data.seq_len, act_bytes, checkpointing=checkpointing,
-                                   flash=flash, hidden_dropout=m.hidden_dropout > 0, attention_dropout=m.attention_dropout > 0,
+    views = scl_view_rows(o, micro)
+    enc_rows = micro + (views if t.name == "discriminator" else 0)
+    enc = encoder_activation_bytes(t, enc_rows, cfg.data.seq_len, act_bytes, checkpointing=checkpointing,
+                                   flash=flash, hidden_dropout=m.hidden_dropout > 0,
+                                   attention_dropout=m.attention_dropout > 0,
                                    cpu_kernels=cpu_kernels)
     tokens = micro * cfg.data.seq_len
     if t.name == "generator":
         rows = masked_rows(cfg, micro)
         head = rows * (act_bytes * (t.hidden + 3 * t.embedding) + 4 * 4)  # gather, dense, GELU, LayerNorm
         if cfg.objective.kind == "electra":  # GDES base embeddings handed to the discriminator (views too)
-            views = max(1, round(o.scl_rows * micro)) if o.disc_scl_weight > 0 else 0
             head += (micro + views) * cfg.data.seq_len * act_bytes * t.embedding
     else:
         head = tokens * (act_bytes * t.hidden + 4)  # the head keeps its input and one logit per token
