@@ -133,6 +133,9 @@ class OptimConfig:
     warmup_steps: int = 10000
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    # < 1: layer i of the encoder handed downstream (the discriminator's; the MLM's own) learns at
+    # lr * decay ** (i + 1), its embeddings and heads at lr (docs/results.md §8.5)
+    encoder_layer_lr_decay: float = 1.0
 
 
 @dataclass
@@ -410,6 +413,8 @@ def validate(cfg: Config) -> None:
         problems.append(f"optim.min_lr_ratio = {op.min_lr_ratio} must be in [0, 1]")
     if not (math.isfinite(op.grad_clip) and op.grad_clip >= 0):
         problems.append(f"optim.grad_clip = {op.grad_clip} must be a finite number >= 0 (0: no clipping)")
+    if not 0 < op.encoder_layer_lr_decay <= 1:
+        problems.append(f"optim.encoder_layer_lr_decay = {op.encoder_layer_lr_decay} must be in (0, 1] (1: off)")
     if cfg.checkpoint.every <= 0:
         problems.append(f"checkpoint.every = {cfg.checkpoint.every} must be > 0 (steps between checkpoints)")
     if cfg.checkpoint.keep_last < 0:

@@ -36,6 +36,11 @@ def model_differences(saved: dict, cfg: Config) -> list[str]:
     if (old_w > 0) != (new_w > 0) and cfg.objective.kind == "electra":
         out.append(f"objective.disc_mlm_weight: {old_w!r} -> {new_w!r} ({'adds' if new_w > 0 else 'removes'} the "
                    f"discriminator's corrective LM head)")
+    # the per-layer rates live in the optimizer's groups, which the checkpoint restores: a new value would be lost
+    old_d, new_d = saved.get("optim", {}).get("encoder_layer_lr_decay", 1.0), cfg.optim.encoder_layer_lr_decay
+    if old_d != new_d:
+        out.append(f"optim.encoder_layer_lr_decay: {old_d!r} -> {new_d!r} (the checkpoint's optimizer groups hold "
+                   f"the per-layer rates)")
     return out
 
 

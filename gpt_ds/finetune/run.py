@@ -13,7 +13,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -29,7 +28,7 @@ from transformers.utils import logging as hf_logging
 from gpt_ds.errors import GptDsError
 from gpt_ds.finetune.data import SPLITS, Task, encode, load_task, load_tokenizer
 from gpt_ds.finetune.metrics import METRICS, classification_metrics, median_over_seeds
-from gpt_ds.model.weight_decay import decays
+from gpt_ds.model.weight_decay import depth_groups
 from gpt_ds.train.schedule import make_scheduler
 
 
@@ -133,26 +132,10 @@ def build_model(model_dir: Path, config, random_init: bool):
     return model
 
 
-def layer_depth(name: str, num_layers: int) -> int:
-    """0 for the embeddings, i + 1 for encoder layer i, num_layers + 1 for the task head."""
-    m = re.search(r"\.layer\.(\d+)\.", name)
-    if m:
-        return int(m.group(1)) + 1
-    return 0 if "embeddings" in name else num_layers + 1
-
-
 def layerwise_groups(model: torch.nn.Module, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
     """ELECTRA's layer-wise decay: lr * layer_decay ** (distance from the head); no decay on bias / LayerNorm."""
     top = model.config.num_hidden_layers + 1
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        depth, wd = layer_depth(name, top - 1), decays(name)
-        g = groups.setdefault((depth, wd), {"params": [], "lr": lr * layer_decay ** (top - depth),
-                                            "weight_decay": weight_decay if wd else 0.0})
-        g["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
+    return depth_groups(model, top - 1, weight_decay, lambda depth: lr * layer_decay ** (top - depth))
 
 
 # ------------------------------------------------------------------------------------------------------ one seed

@@ -67,11 +67,14 @@ def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
     return table.float()
 
 
-def _initialize(model: torch.nn.Module, ds: dict, cfg: Config):
+def _initialize(model: torch.nn.Module, ds: dict, cfg: Config, downstream: bool):
+    """`downstream`: the tower whose encoder the export hands over (optim.encoder_layer_lr_decay applies to it)."""
     import deepspeed
     if zero_stage(ds) == 3:
         model.register_zero3_external_parameters()
-    groups = param_groups(model, cfg.optim.weight_decay)
+    decay = cfg.optim.encoder_layer_lr_decay if downstream else 1.0
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, decay,
+                          _hf_model(model).config.num_hidden_layers)
     optimizer = None
     if "optimizer" not in ds:
         # fused: one kernel per tensor instead of ~6 passes (CPU and CUDA both have it); the step is the same AdamW
@@ -90,6 +93,10 @@ def _initialize(model: torch.nn.Module, ds: dict, cfg: Config):
     return engine
 
 
+def _hf_model(tower: torch.nn.Module):
+    return tower.mlm if isinstance(tower, Generator) else tower.pt
+
+
 def _record_fp32_clip_norm(engine) -> None:
     """DeepSpeed's ZeRO-0 fp32 path clips but drops the norm; keep it so every stage logs a gradient norm.
 
@@ -106,9 +113,10 @@ def build_engines(cfg: Config, layout: BatchLayout, vocab_size: int, pad_id: int
                   unigram_logp: torch.Tensor | None = None) -> Engines:
     gen, disc = build_models(cfg, vocab_size, pad_id, cfg.run.seed, unigram_logp)
     ds_gen = resolve_ds_config(cfg, "generator", layout, gen.mlm.config.hidden_size)
-    engines = Engines(generator=_initialize(gen, ds_gen, cfg), discriminator=None, ds_configs={"generator": ds_gen})
+    engines = Engines(generator=_initialize(gen, ds_gen, cfg, downstream=disc is None), discriminator=None,
+                      ds_configs={"generator": ds_gen})
     if disc is not None:
         ds_disc = resolve_ds_config(cfg, "discriminator", layout)
-        engines.discriminator = _initialize(disc, ds_disc, cfg)
+        engines.discriminator = _initialize(disc, ds_disc, cfg, downstream=True)
         engines.ds_configs["discriminator"] = ds_disc
     return engines
