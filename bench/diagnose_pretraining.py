@@ -11,11 +11,14 @@ For an export folder (gpt-ds export --out DIR: DIR/discriminator and DIR/generat
 - ablation (--ablate): fine-tune (`gpt-ds finetune`, --seeds seeds, plus --finetune-args) the encoder (of an MLM
   export: its masked LM's) with only part of the pretrained weights kept and the rest re-drawn from the random init: all, embeddings only, encoder only, all but the
   top one or two layers, none (= --random-init); --parts picks some. Which part helps or hurts shows in the test
-  accuracy of each.
+  accuracy of each. Two more parts split a GDES export's embeddings (the discriminator's word and position tables are
+  the generator's plus a trained delta): generator_table (embeddings only, those tables set to the generator's) and
+  delta_table (set to the delta alone).
 
     .venv/bin/python bench/diagnose_pretraining.py runs/demo/export --ablate --task question-type
     .venv/bin/python bench/diagnose_pretraining.py EXPORT --ablate --parts all,embeddings,all_but_top2 \
         --finetune-args="--lr 1e-3,3e-3 --train-rows 500 --epochs 10"     # docs/results.md §8.4
+    (--parts generator_table,delta_table: the split of the embeddings' gain in §8.4)
 """
 from __future__ import annotations
 
@@ -47,15 +50,28 @@ def news_texts(work: Path) -> tuple[list[str], list[str]]:
     return docs[0][:40], docs[1][:200]
 
 
-def partial_model(export: Path, keep, out: Path) -> Path:
+TABLES = ("word_embeddings", "position_embeddings")
+SPLIT = {"generator_table": "generator", "delta_table": "delta"}  # parts that keep the embeddings, tables split
+
+
+def partial_model(export: Path, keep, out: Path, tables: str = "", generator: Path | None = None) -> Path:
     """The encoder (a discriminator, or an MLM export's masked LM) with the parameters `keep` selects pretrained and
-    the others from a seeded random init, as an ElectraForPreTraining folder (a fine-tune drops its head)."""
+    the others from a seeded random init, as an ElectraForPreTraining folder (a fine-tune drops its head).
+    tables="generator" / "delta": the word and position tables become the generator's / the merged minus it."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, ElectraForPreTraining
+    from transformers import AutoConfig, AutoTokenizer, ElectraForMaskedLM, ElectraForPreTraining
     pre = ElectraForPreTraining.from_pretrained(export)
     torch.manual_seed(0)
     fresh = ElectraForPreTraining(AutoConfig.from_pretrained(export)).state_dict()
     mixed = {k: v if keep(k) else fresh[k] for k, v in pre.state_dict().items()}
+    if tables:
+        gen = ElectraForMaskedLM.from_pretrained(generator).state_dict()
+        for t in TABLES:
+            k = f"electra.embeddings.{t}.weight"
+            if gen[k].shape != mixed[k].shape:
+                raise SystemExit(f"{generator}: its {t} is {tuple(gen[k].shape)}, the discriminator's "
+                                 f"{tuple(mixed[k].shape)}: the table split needs a GDES export (shared widths)")
+            mixed[k] = gen[k].clone() if tables == "generator" else mixed[k] - gen[k]
     pre.load_state_dict(mixed)
     pre.save_pretrained(out)
     AutoTokenizer.from_pretrained(export).save_pretrained(out)
@@ -91,7 +107,7 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     export, work = Path(a.export), Path(a.work)
-    names = [*PARTS, "all_but_top_layer", "all_but_top2"]
+    names = [*PARTS, "all_but_top_layer", "all_but_top2", *SPLIT]
     unknown = [p for p in a.parts.split(",") if p and p not in names]
     if unknown:  # before the minutes of diagnostics, not after
         raise SystemExit(f"--parts: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
@@ -100,6 +116,8 @@ def main() -> int:
     info = json.loads((export / "gpt_ds_export.json").read_text())
     # an MLM run (objective.kind=mlm) exports its masked LM alone: that is the encoder a downstream team gets
     mlm = not (export / "discriminator").is_dir()
+    if mlm and any(p in SPLIT for p in a.parts.split(",")):
+        raise SystemExit(f"--parts: {', '.join(SPLIT)} split a GDES discriminator's tables; {export} is an MLM export")
     encoder = export / ("generator" if mlm else "discriminator")
     temperature = a.temperature or info.get("temperature", 1.0)
     held, fit = news_texts(work)
@@ -123,12 +141,14 @@ def main() -> int:
         n = AutoConfig.from_pretrained(encoder).num_hidden_layers  # the discriminator, or an MLM's masked LM
         top, below = f"layer.{n - 1}.", f"layer.{n - 2}."
         parts = dict(PARTS, all_but_top_layer=lambda k: top not in k,
-                     all_but_top2=lambda k: top not in k and below not in k)
+                     all_but_top2=lambda k: top not in k and below not in k,
+                     **{name: PARTS["embeddings"] for name in SPLIT})
         chosen = a.parts.split(",") if a.parts else list(parts)
         out["ablation"]["finetune_args"] = a.finetune_args
         with tempfile.TemporaryDirectory() as tmp:
             for part in chosen:
-                model = partial_model(encoder, parts[part], Path(tmp) / part)
+                model = partial_model(encoder, parts[part], Path(tmp) / part, SPLIT.get(part, ""),
+                                      export / "generator")
                 r = finetune(model, task, a.seeds, shlex.split(a.finetune_args))
                 out["ablation"][f"{part}_pretrained"] = 100 * r["median"]["test"]["accuracy"]
                 print(f"{part} pretrained: test accuracy {out['ablation'][f'{part}_pretrained']:.1f}",
