@@ -71,7 +71,10 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
         f"{_fmt(run_flops(cfg, step, state.get('vocab_size')), 3)} training FLOPs (both towers, as gpt_ds counts "
         f"them).",
         f"- Optimizer: AdamW, lr {cfg.optim.lr}, warmup {cfg.optim.warmup_steps} steps, weight decay "
-        f"{cfg.optim.weight_decay}; precision {cfg.train.precision}.",
+        f"{cfg.optim.weight_decay}"
+        + (f"; the {'masked LM' if cfg.objective.kind == 'mlm' else 'discriminator'}'s encoder layer i (from 0) at "
+           f"lr x {cfg.optim.encoder_layer_lr_decay:g}^(i+1)" if cfg.optim.encoder_layer_lr_decay != 1 else "")
+        + f"; precision {cfg.train.precision}.",
     ]
     if metrics:
         lines.append(f"- Last logged metrics (step {metrics['step']}): generator loss {_fmt(metrics.get('gen_loss'))}, "

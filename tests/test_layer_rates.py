@@ -114,3 +114,13 @@ def test_a_resume_that_changes_the_layer_rates_is_refused_by_name():
                      "per-layer rates)"]
     del saved["optim"]["encoder_layer_lr_decay"]  # a checkpoint from before the key: all layers at lr
     assert model_differences(saved, load_config("tiny", FAST)) == []
+
+
+def test_the_model_card_names_the_layer_rates(tmp_path):
+    from gpt_ds.config import load_config
+    from gpt_ds.export_card import model_card
+    line = [ln for ln in model_card("discriminator", load_config("tiny", [*FAST, "optim.encoder_layer_lr_decay=0.5"]),
+                                    {"step": 3}, tmp_path).splitlines() if ln.startswith("- Optimizer")]
+    assert line and "the discriminator's encoder layer i (from 0) at lr x 0.5^(i+1)" in line[0]
+    plain = model_card("discriminator", load_config("tiny", FAST), {"step": 3}, tmp_path)
+    assert "encoder layer i" not in plain
