@@ -49,7 +49,6 @@ def loss_weights(objective, electra: bool) -> dict[str, float]:
     return weights
 
 
-
 class Trainer:
     def __init__(self, cfg: Config, *, rank: int = 0, world_size: int = 1, resume: str | None = None):
         self.cfg = cfg
