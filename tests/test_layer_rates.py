@@ -89,11 +89,13 @@ def test_the_mlm_decays_its_own_encoder():
 
 
 def test_off_by_default_two_groups_and_refused_out_of_range():
-    from gpt_ds.config import ConfigError, load_config
+    """Off (1) unless a preset asks: the config's default; `tiny` asks (configs/tiny.yaml)."""
+    from gpt_ds.config import ConfigError, OptimConfig, load_config
     from gpt_ds.model.weight_decay import param_groups
     from gpt_ds.train.engines import build_models
-    cfg = load_config("tiny", FAST)
-    assert cfg.optim.encoder_layer_lr_decay == 1.0
+    assert OptimConfig().encoder_layer_lr_decay == 1.0
+    assert load_config("tiny", FAST).optim.encoder_layer_lr_decay < 1
+    cfg = load_config("tiny", [*FAST, "optim.encoder_layer_lr_decay=1"])
     _, disc = build_models(cfg, 300, 0, 1)
     groups = param_groups(disc, 0.01)
     assert len(groups) == 2 and all("lr" not in g for g in groups)
@@ -107,13 +109,17 @@ def test_a_resume_that_changes_the_layer_rates_is_refused_by_name():
     a group-count mismatch deep inside torch)."""
     from gpt_ds.checkpoint.compat import model_differences
     from gpt_ds.config import load_config
-    saved = load_config("tiny", FAST).to_dict()
-    assert model_differences(saved, load_config("tiny", FAST)) == []
+    off = [*FAST, "optim.encoder_layer_lr_decay=1"]
+    saved = load_config("tiny", off).to_dict()
+    assert model_differences(saved, load_config("tiny", off)) == []
     diffs = model_differences(saved, load_config("tiny", [*FAST, "optim.encoder_layer_lr_decay=0.5"]))
     assert diffs == ["optim.encoder_layer_lr_decay: 1.0 -> 0.5 (the checkpoint's optimizer groups hold the "
                      "per-layer rates)"]
     del saved["optim"]["encoder_layer_lr_decay"]  # a checkpoint from before the key: all layers at lr
-    assert model_differences(saved, load_config("tiny", FAST)) == []
+    assert model_differences(saved, load_config("tiny", off)) == []
+    # a `tiny` run begun before the preset turned the decay on is refused under today's preset, not silently changed
+    assert model_differences(saved, load_config("tiny", FAST)) == [
+        "optim.encoder_layer_lr_decay: 1.0 -> 0.25 (the checkpoint's optimizer groups hold the per-layer rates)"]
 
 
 def test_the_model_card_names_the_layer_rates(tmp_path):
@@ -122,5 +128,6 @@ def test_the_model_card_names_the_layer_rates(tmp_path):
     line = [ln for ln in model_card("discriminator", load_config("tiny", [*FAST, "optim.encoder_layer_lr_decay=0.5"]),
                                     {"step": 3}, tmp_path).splitlines() if ln.startswith("- Optimizer")]
     assert line and "the discriminator's encoder layer i (from 0) at lr x 0.5^(i+1)" in line[0]
-    plain = model_card("discriminator", load_config("tiny", FAST), {"step": 3}, tmp_path)
+    plain = model_card("discriminator", load_config("tiny", [*FAST, "optim.encoder_layer_lr_decay=1"]), {"step": 3},
+                       tmp_path)
     assert "encoder layer i" not in plain
