@@ -11,7 +11,9 @@
   (the softmax's frequency direction, pushed into every row by the output layer's dense gradient) makes all tokens
   look alike to the first layer.
 - `order_sensitivity`: whether the exported masked LM reads word order (accuracy and KL with the context shuffled);
-  a model still in MLM's first, bag-of-words phase does not.
+  a model still in MLM's first, bag-of-words phase does not. With `fit_texts`, also the cross-entropy of word
+  frequencies alone at the same masked positions: a masked LM no better than that has learned only how common each
+  piece is, and its fill-mask guesses are the most frequent pieces whatever the sentence.
 """
 from __future__ import annotations
 
@@ -117,16 +119,28 @@ def hidden_geometry(model, tokenizer, texts: list[str], max_length: int = 64) ->
     return out
 
 
-def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10, seed: int = 0) -> dict:
-    """Does the masked LM read word order? Its masked-token accuracy on held-out text, and again with the context's
-    positions shuffled (outputs mapped back to their tokens), plus the mean KL between the two predictions. A model
-    that has only learned which words co-occur (the first phase of MLM training) scores the same on both."""
+def unigram_log_probs(tokenizer, texts: list[str], vocab_size: int) -> torch.Tensor:
+    """log q(token) from counts over `texts` (special tokens left out), add-1/2 smoothed over the whole vocabulary."""
+    counts = torch.full((vocab_size,), 0.5, dtype=torch.float64)
+    for text in texts:
+        ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+        counts.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
+    return (counts / counts.sum()).log()
+
+
+def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10, seed: int = 0,
+                      fit_texts: list[str] | None = None) -> dict:
+    """Does the masked LM read word order? Its masked-token accuracy and cross-entropy (nats) on held-out text, and
+    again with the context's positions shuffled (outputs mapped back to their tokens), plus the mean KL between the two
+    predictions. A model that has only learned which words co-occur (the first phase of MLM training) scores the same
+    on both. `fit_texts`: also the cross-entropy of their word frequencies at the same positions (the phase before)."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(generator_dir)
     model = AutoModelForMaskedLM.from_pretrained(generator_dir).eval()
+    unigram = unigram_log_probs(tok, fit_texts, model.config.vocab_size) if fit_texts is not None else None
     g = torch.Generator().manual_seed(seed)
     hits = hits_shuffled = n = 0
-    kl = []
+    kl, nll, nll_shuffled, nll_unigram = [], [], [], []
     for text in texts:
         ids = tok(text, truncation=True, max_length=model.config.max_position_embeddings,
                   return_tensors="pt")["input_ids"]
@@ -144,9 +158,21 @@ def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10,
             out = model(shuffled).logits[0].double().log_softmax(-1)
         logp_shuffled = torch.empty_like(out)
         logp_shuffled[perm] = out[1:-1]
+        target = ids[0, pos]
         kl.append((logp[pos].exp() * (logp[pos] - logp_shuffled[pos])).sum(-1).mean().item())
-        hits += (logp[pos].argmax(-1) == ids[0, pos]).sum().item()
-        hits_shuffled += (logp_shuffled[pos].argmax(-1) == ids[0, pos]).sum().item()
+        nll.append(-logp[pos, target])
+        nll_shuffled.append(-logp_shuffled[pos, target])
+        if unigram is not None:
+            nll_unigram.append(-unigram[target])
+        hits += (logp[pos].argmax(-1) == target).sum().item()
+        hits_shuffled += (logp_shuffled[pos].argmax(-1) == target).sum().item()
         n += masks
-    return {"accuracy": hits / max(1, n), "accuracy_shuffled": hits_shuffled / max(1, n),
-            "kl_shuffled": sum(kl) / max(1, len(kl)), "masked_tokens": n}
+
+    def mean(parts: list[torch.Tensor]) -> float:
+        return torch.cat(parts).mean().item() if parts else float("nan")
+    result = {"accuracy": hits / max(1, n), "accuracy_shuffled": hits_shuffled / max(1, n),
+              "kl_shuffled": sum(kl) / max(1, len(kl)), "masked_tokens": n,
+              "cross_entropy": mean(nll), "cross_entropy_shuffled": mean(nll_shuffled)}
+    if unigram is not None:
+        result["unigram_cross_entropy"] = mean(nll_unigram)
+    return result

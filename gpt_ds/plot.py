@@ -17,7 +17,8 @@ from gpt_ds.flops import step_flops
 from gpt_ds.train.metrics_file import NAME, read_rows
 
 PANELS = (("loss", "total loss", None), ("gen_loss", "generator MLM loss", None),
-          ("gen_acc", "masked-token accuracy", None), ("disc_loss", "RTD loss (dashed: prior)", "disc_loss_prior"),
+          ("gen_acc", "masked-token accuracy (dashed: at [MASK])", "gen_acc_at_mask"),
+          ("disc_loss", "RTD loss (dashed: prior)", "disc_loss_prior"),
           ("disc_auc", "replaced-token AUC", None), ("tokens_per_s", "tokens/s", None))
 
 

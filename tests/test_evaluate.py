@@ -97,3 +97,43 @@ def test_order_sensitivity_tells_a_bag_of_words_model_from_one_that_reads_positi
     assert b["masked_tokens"] == o["masked_tokens"] == 80
     assert b["kl_shuffled"] < 1e-9 and b["accuracy"] == b["accuracy_shuffled"]
     assert o["kl_shuffled"] > 1e-3
+
+
+def test_a_masked_lm_that_only_knows_word_frequencies_scores_the_unigram_cross_entropy(tmp_path):
+    """The fill-mask diagnostic of `make demo`: a model whose every output is log q(word) (q counted here, on the fit
+    texts, with plain Python) must score exactly the unigram cross-entropy the function computes at the same masked
+    positions, and the same with its context shuffled; a model that reads its input must not."""
+    import collections
+    import math
+    import random
+
+    from transformers import AutoConfig, ElectraForMaskedLM
+
+    from gpt_ds.evaluate import order_sensitivity
+    folder, words = _masked_lm_folder(tmp_path / "unigram", zero_positions=False)
+    rng = random.Random(1)
+    fit = [" ".join(rng.choices(words, weights=range(1, 41), k=25)) for _ in range(20)]  # skewed frequencies
+    held = [" ".join(rng.choices(words, weights=range(1, 41), k=30)) for _ in range(8)]
+    config = AutoConfig.from_pretrained(folder)
+    config.tie_word_embeddings = False  # its own output matrix, zeroed: the logits are the bias alone
+    model = ElectraForMaskedLM(config)
+    vocab = config.vocab_size
+    counts = collections.Counter(w for text in fit for w in text.split())
+    total = sum(counts.values()) + 0.5 * vocab
+    log_q = torch.tensor([math.log((counts.get(f"w{i - 5}", 0) if i >= 5 else 0) + 0.5) - math.log(total)
+                          for i in range(vocab)])
+    with torch.no_grad():
+        model.generator_lm_head.weight.zero_()
+        model.generator_lm_head.bias.copy_(log_q)
+    model.save_pretrained(tmp_path / "unigram_only")
+    import shutil
+    for f in folder.glob("*token*"):
+        shutil.copy(f, tmp_path / "unigram_only" / f.name)
+    u = order_sensitivity(tmp_path / "unigram_only", held, fit_texts=fit)
+    assert u["masked_tokens"] == 80
+    assert u["cross_entropy"] == pytest.approx(u["unigram_cross_entropy"], abs=1e-5)
+    assert u["cross_entropy_shuffled"] == pytest.approx(u["cross_entropy"], abs=1e-5)
+    assert u["unigram_cross_entropy"] < math.log(40) - 0.05  # skewed: below the uniform 40-word entropy
+    reads = order_sensitivity(folder, held, fit_texts=fit)  # a random init with large weights: far from q
+    assert reads["unigram_cross_entropy"] == pytest.approx(u["unigram_cross_entropy"])
+    assert abs(reads["cross_entropy"] - reads["unigram_cross_entropy"]) > 0.1

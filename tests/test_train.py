@@ -63,10 +63,26 @@ def full_run(tmp_path_factory):
     return d
 
 
+def test_the_generator_accuracy_at_shown_masks_leaves_out_the_kept_positions():
+    """ELECTRA keeps 15% of the masked positions as they are: copying them is easy, so gen_acc alone overstates what
+    the generator predicts from context; gen_acc_at_mask counts only the positions its input showed as [MASK]."""
+    from gpt_ds.train.metrics import StepStats
+    stats = StepStats()
+    correct = torch.tensor([True, False, True, True, True])
+    shown = torch.tensor([True, True, False, True, False])  # positions 2 and 4 kept (both right: copied)
+    stats.add_generator(torch.tensor(2.0), 5, correct, torch.zeros(5, dtype=torch.bool), shown)
+    out = stats.reduce()
+    assert out["gen_acc"] == pytest.approx(4 / 5)
+    assert out["gen_acc_at_mask"] == pytest.approx(2 / 3)
+    bare = StepStats()  # callers that do not say (benches) get no such key rather than a wrong one
+    bare.add_generator(torch.tensor(2.0), 5, correct, torch.zeros(5, dtype=torch.bool))
+    assert "gen_acc_at_mask" not in bare.reduce()
+
+
 def test_two_rank_zero3_run_writes_checkpoints_metrics_and_config(full_run):
     rows = metrics(full_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    for key in ("gen_loss", "disc_loss", "gen_acc", "disc_auc", "disc_precision", "disc_recall", "replaced_share",
+    for key in ("gen_loss", "disc_loss", "gen_acc", "gen_acc_at_mask", "disc_auc", "disc_precision", "disc_recall", "replaced_share",
                 "disc_loss_prior", "tokens_per_s", "mfu", "gen_grad_norm", "disc_grad_norm"):
         assert key in rows[-1], key
     ck = full_run / "checkpoints"

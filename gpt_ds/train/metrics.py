@@ -24,6 +24,7 @@ AUC_BINS = 512
 
 # What StepStats sums, one float64 slot each (one tensor, so the log step reduces them in one collective)
 SLOTS = ("gen_loss_sum", "masked", "gen_correct", "replaced",  # the generator, over masked positions
+         "shown_mask", "gen_correct_at_mask",  # the generator at the positions its input shows as [MASK]
          "disc_loss_sum", "tokens", "disc_correct", "true_positives", "predicted_replaced", "replaced_tokens",
          "clm_loss_sum", "clm_masked",  # the discriminator's corrective LM (objective.disc_mlm_weight > 0)
          "scl_loss_sum", "scl_batches", "scl_correct", "scl_picks")  # its sequence contrastive loss
@@ -44,11 +45,17 @@ class StepStats:
     def _add(self, slot: str, value) -> None:
         self.sums[_AT[slot]] += value
 
-    def add_generator(self, loss: torch.Tensor, n_masked: int, correct: torch.Tensor, replaced: torch.Tensor) -> None:
+    def add_generator(self, loss: torch.Tensor, n_masked: int, correct: torch.Tensor, replaced: torch.Tensor,
+                      shown_mask: torch.Tensor | None = None) -> None:
+        """`shown_mask`: (N,) which masked positions the generator saw as [MASK]; at the others (ELECTRA keeps 15% of
+        them) the answer is in its input, and copying it is learned long before context is (docs/results.md §8.7)."""
         self._add("gen_loss_sum", loss.detach().double() * n_masked)
         self._add("masked", n_masked)
         self._add("gen_correct", correct.sum())
         self._add("replaced", replaced.sum())
+        if shown_mask is not None:
+            self._add("shown_mask", shown_mask.sum())
+            self._add("gen_correct_at_mask", (correct & shown_mask).sum())
 
     def add_discriminator(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         y = labels.bool()
@@ -86,6 +93,8 @@ class StepStats:
             out["gen_loss"] = s["gen_loss_sum"] / s["masked"]
             out["gen_acc"] = s["gen_correct"] / s["masked"]
             out["replaced_share"] = s["replaced"] / s["masked"]
+        if s["shown_mask"] > 0:
+            out["gen_acc_at_mask"] = s["gen_correct_at_mask"] / s["shown_mask"]
         if s["tokens"] > 0:
             out["disc_loss"] = s["disc_loss_sum"] / s["tokens"]
             out["disc_acc"] = s["disc_correct"] / s["tokens"]

@@ -188,7 +188,8 @@ class Trainer:
                           dev["input_ids"], sample_seed, **view)
             n_masked = mb.num_masked
             replaced = (gen_out.sampled != mb.targets.to(self.device))
-            stats.add_generator(gen_out.loss, n_masked, gen_out.correct, replaced)
+            shown_mask = mb.masked_ids.reshape(-1)[mb.positions] == self.dataset.mask_id
+            stats.add_generator(gen_out.loss, n_masked, gen_out.correct, replaced, shown_mask.to(self.device))
             if disc is not None:
                 labels = (gen_out.corrupted_ids != dev["input_ids"]).long()
                 disc_out = disc(gen_out.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels,
