@@ -76,8 +76,7 @@ def curve(run_dir: Path) -> None:
           f"{'tok/s':>8}")
     for s in pick:
         r = last[s]
-        at_mask = f"{r['gen_acc_at_mask']:9.3f}" if "gen_acc_at_mask" in r else f"{'-':>9}"  # runs before it
-        print(f"{s:>6} {r['loss']:8.3f} {r['gen_loss']:7.3f} {r['gen_acc']:8.3f} {at_mask} "
+        print(f"{s:>6} {r['loss']:8.3f} {r['gen_loss']:7.3f} {r['gen_acc']:8.3f} {r['gen_acc_at_mask']:9.3f} "
               f"{r['disc_loss']:7.4f} {r['disc_loss_prior']:7.4f} {r['disc_auc']:6.3f} {r['tokens_per_s']:8.0f}")
 
 

@@ -119,15 +119,6 @@ def hidden_geometry(model, tokenizer, texts: list[str], max_length: int = 64) ->
     return out
 
 
-def unigram_log_probs(tokenizer, texts: list[str], vocab_size: int) -> torch.Tensor:
-    """log q(token) from counts over `texts` (special tokens left out), add-1/2 smoothed over the whole vocabulary."""
-    counts = torch.full((vocab_size,), 0.5, dtype=torch.float64)
-    for text in texts:
-        ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
-        counts.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
-    return (counts / counts.sum()).log()
-
-
 def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10, seed: int = 0,
                       fit_texts: list[str] | None = None) -> dict:
     """Does the masked LM read word order? Its masked-token accuracy and cross-entropy (nats) on held-out text, and
@@ -137,7 +128,12 @@ def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10,
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(generator_dir)
     model = AutoModelForMaskedLM.from_pretrained(generator_dir).eval()
-    unigram = unigram_log_probs(tok, fit_texts, model.config.vocab_size) if fit_texts is not None else None
+    unigram = None
+    if fit_texts is not None:
+        from gpt_ds.model.priors import smoothed_log_frequencies
+        ids = [i for text in fit_texts for i in tok(text, add_special_tokens=False, verbose=False)["input_ids"]]
+        unigram = smoothed_log_frequencies(torch.tensor(ids, dtype=torch.long), model.config.vocab_size,
+                                           tok.all_special_ids)
     g = torch.Generator().manual_seed(seed)
     hits = hits_shuffled = n = 0
     kl, nll, nll_shuffled, nll_unigram = [], [], [], []

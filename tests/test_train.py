@@ -82,8 +82,8 @@ def test_the_generator_accuracy_at_shown_masks_leaves_out_the_kept_positions():
 def test_two_rank_zero3_run_writes_checkpoints_metrics_and_config(full_run):
     rows = metrics(full_run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    for key in ("gen_loss", "disc_loss", "gen_acc", "gen_acc_at_mask", "disc_auc", "disc_precision", "disc_recall", "replaced_share",
-                "disc_loss_prior", "tokens_per_s", "mfu", "gen_grad_norm", "disc_grad_norm"):
+    for key in ("gen_loss", "disc_loss", "gen_acc", "gen_acc_at_mask", "disc_auc", "disc_precision", "disc_recall",
+                "replaced_share", "disc_loss_prior", "tokens_per_s", "mfu", "gen_grad_norm", "disc_grad_norm"):
         assert key in rows[-1], key
     ck = full_run / "checkpoints"
     assert (ck / "latest").read_text().strip() == "step_0000006"

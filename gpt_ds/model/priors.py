@@ -20,13 +20,19 @@ import torch
 SAMPLE_ROWS = 2048  # rows read to estimate the unigram frequencies (the same rows on every rank)
 
 
-def unigram_log_probs(dataset, vocab_size: int, special_ids: list[int], rows: int = SAMPLE_ROWS) -> torch.Tensor:
-    """log p(token) over the first rows of the sample order, special tokens left out; add-half smoothed."""
-    ids = dataset.batch(np.arange(min(rows, len(dataset)), dtype=np.int64))["input_ids"].reshape(-1)
+def smoothed_log_frequencies(ids: torch.Tensor, vocab_size: int, special_ids: list[int]) -> torch.Tensor:
+    """log p(token) (float64) from the token ids seen, special tokens left out; add-half smoothed. Also the baseline
+    gpt_ds.evaluate holds an exported masked LM against."""
     ids = ids[~torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype))]
     counts = torch.bincount(ids, minlength=vocab_size)[:vocab_size].double() + 0.5
     counts[special_ids] = 0.5
-    return (counts / counts.sum()).log().float()
+    return (counts / counts.sum()).log()
+
+
+def unigram_log_probs(dataset, vocab_size: int, special_ids: list[int], rows: int = SAMPLE_ROWS) -> torch.Tensor:
+    """log p(token) over the first rows of the sample order, special tokens left out; add-half smoothed."""
+    ids = dataset.batch(np.arange(min(rows, len(dataset)), dtype=np.int64))["input_ids"].reshape(-1)
+    return smoothed_log_frequencies(ids, vocab_size, special_ids).float()
 
 
 def replaced_log_odds(mask_prob: float) -> float:

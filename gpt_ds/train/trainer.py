@@ -138,14 +138,16 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------- one step
     def mask(self, batch: dict) -> dict:
-        """The loader's transform (its background thread): the batch's MaskedBatch under "masked", and under "rtd_mask"
-        the tokens replaced-token detection scores."""
+        """The loader's transform (its background thread): the batch's MaskedBatch under "masked", under "rtd_mask"
+        the tokens replaced-token detection scores, under "shown_mask" the masked positions shown as [MASK]."""
         o, data = self.cfg.objective, self.dataset
         batch["masked"] = mask_batch(batch["input_ids"], batch["attention_mask"], batch["sample_numbers"],
                                      special_ids=self.special_ids, mask_id=data.mask_id, vocab_size=data.vocab_size,
                                      mask_prob=o.mask_prob, mask_token_frac=o.mask_token_frac, keep_frac=o.keep_frac,
                                      random_frac=o.random_frac, seed=self.cfg.run.seed)
         batch["rtd_mask"] = self.rtd_mask(batch)
+        m = batch["masked"]  # which masked positions the generator sees as [MASK] (the rest are kept): a metric
+        batch["shown_mask"] = m.masked_ids.reshape(-1)[m.positions] == data.mask_id
         return batch
 
     def make_loader(self) -> StepLoader:
@@ -188,8 +190,7 @@ class Trainer:
                           dev["input_ids"], sample_seed, **view)
             n_masked = mb.num_masked
             replaced = (gen_out.sampled != mb.targets.to(self.device))
-            shown_mask = mb.masked_ids.reshape(-1)[mb.positions] == self.dataset.mask_id
-            stats.add_generator(gen_out.loss, n_masked, gen_out.correct, replaced, shown_mask.to(self.device))
+            stats.add_generator(gen_out.loss, n_masked, gen_out.correct, replaced, batch["shown_mask"].to(self.device))
             if disc is not None:
                 labels = (gen_out.corrupted_ids != dev["input_ids"]).long()
                 disc_out = disc(gen_out.corrupted_ids, dev["attention_mask"], dev["token_type_ids"], labels,
