@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from gpt_ds.model.priors import smoothed_log_frequencies
+
 
 def corrupt(texts: list[str], tokenizer, generator, temperature: float, *, mask_prob: float = 0.15,
             max_length: int = 128, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -130,7 +132,6 @@ def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10,
     model = AutoModelForMaskedLM.from_pretrained(generator_dir).eval()
     unigram = None
     if fit_texts is not None:
-        from gpt_ds.model.priors import smoothed_log_frequencies
         ids = [i for text in fit_texts for i in tok(text, add_special_tokens=False, verbose=False)["input_ids"]]
         unigram = smoothed_log_frequencies(torch.tensor(ids, dtype=torch.long), model.config.vocab_size,
                                            tok.all_special_ids)
