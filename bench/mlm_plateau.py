@@ -1,0 +1,148 @@
+"""Is "no masked LM trained here beats word frequencies at [MASK]" (docs/results.md §8.7) a property of the budget,
+or of gpt_ds? An independent control and a reproducible copy-task measurement, in plain transformers + PyTorch.
+
+- Train mode (default): a plain `transformers` ElectraForMaskedLM of the preset's size (learned positions, HF's own
+  init) trained by a plain PyTorch loop (AdamW, warmup then linear decay, clipping 1) on a token store's stream,
+  every selected position shown as [MASK] (no copy task to learn first). Every --every steps: the held-out
+  masked-token cross-entropy beside that of the training stream's word frequencies (add-1/2). Nothing of gpt_ds's
+  trainer, masking, kernels or data loader is used: only the store's token files are read.
+- `--model DIR` (an exported masked LM: EXPORT/generator, or an MLM export's): no training; the same held-out
+  windows with one in seven of the selected positions left visible (as BERT/ELECTRA masking does), and the
+  cross-entropy at each group. A masked LM whose training loss falls by copying the visible ones scores low there and
+  stays at word frequencies at [MASK].
+
+The held-out text is the last --held-frac of the stream (windows drawn with a fixed seed), the word frequencies are
+counted on the rest; `--held-out STORE2` takes the windows from another store instead (text a pretrained --model never
+saw: `gpt-ds prepare` of the demo's held-out news file) and counts the frequencies on all of --store. One JSON line
+last.
+
+    .venv/bin/python bench/mlm_plateau.py --store runs/demo/store --steps 1000          # plain loop, ~10 min here
+    .venv/bin/python bench/mlm_plateau.py --store runs/demo/store --model runs/demo/export/generator \
+        --held-out runs/demo/held_store      # gpt-ds prepare --input runs/demo/corpus/news-006.txt ... --out it
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def token_stream(store: Path) -> np.ndarray:
+    m = json.loads((store / "manifest.json").read_text())
+    parts = [np.memmap(store / "shards" / s["name"], dtype=np.dtype(m["dtype"]), mode="r") for s in m["shards"]]
+    return np.concatenate([np.asarray(p) for p in parts]).astype(np.int64)
+
+
+def windows(src: np.ndarray, rng: np.random.Generator, batch: int, seq_len: int, cls: int, sep: int):
+    """`batch` random windows of the stream as [CLS] ... [SEP], and 15% of the inner positions selected."""
+    starts = rng.integers(0, len(src) - seq_len, batch)
+    x = torch.from_numpy(np.stack([np.concatenate([[cls], src[s:s + seq_len - 2], [sep]]) for s in starts]))
+    sel = torch.from_numpy(rng.random(x.shape) < 0.15)
+    sel[:, 0] = sel[:, -1] = False
+    return x, sel
+
+
+def cross_entropies(model, evals, mask_id: int, log_q: np.ndarray, visible_frac: float) -> dict:
+    """Held-out CE (nats per piece) at [MASK] and, when visible_frac > 0, at selected positions left as they are."""
+    vis_rng = np.random.default_rng(7)
+    sums = {"mask": [0.0, 0], "visible": [0.0, 0], "unigram": [0.0, 0]}
+    model.eval()
+    with torch.no_grad():
+        for x, sel in evals:
+            visible = sel & torch.from_numpy(vis_rng.random(x.shape) < visible_frac)
+            shown_mask = sel & ~visible
+            log_p = model(input_ids=x.masked_fill(shown_mask, mask_id)).logits.log_softmax(-1)
+            nll = -log_p.gather(-1, x[..., None])[..., 0]
+            for key, where in (("mask", shown_mask), ("visible", visible)):
+                sums[key][0] += nll[where].sum().item()
+                sums[key][1] += int(where.sum())
+            sums["unigram"][0] += float(-log_q[x[shown_mask].numpy()].sum())
+            sums["unigram"][1] += int(shown_mask.sum())
+    model.train()
+    return {k: s / n for k, (s, n) in sums.items() if n}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", default="runs/demo/store")
+    ap.add_argument("--preset", default="tiny", help="sizes, batch and sequence length from this preset")
+    ap.add_argument("--model", default=None, help="evaluate this exported masked LM instead of training one")
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=0, help="sequences per step (default: the preset's global batch)")
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--held-frac", type=float, default=0.05)
+    ap.add_argument("--held-out", default=None, help="a store to draw the held-out windows from (default: the tail "
+                                                       "of --store)")
+    ap.add_argument("--eval-batches", type=int, default=8)
+    a = ap.parse_args()
+    if not a.model and a.steps <= a.warmup:
+        ap.error(f"--steps {a.steps} must exceed --warmup {a.warmup}")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, ElectraConfig, ElectraForMaskedLM
+
+    from gpt_ds.config import load_config
+    store = Path(a.store)
+    tok = AutoTokenizer.from_pretrained(store / "tokenizer")
+    cfg = load_config(a.preset, [])
+    batch, seq_len = a.batch or cfg.train.global_batch, cfg.data.seq_len
+    stream = token_stream(store)
+    if a.held_out:
+        train, held = stream, token_stream(Path(a.held_out))
+    else:
+        cut = int(len(stream) * (1 - a.held_frac))
+        train, held = stream[:cut], stream[cut:]
+    counts = np.bincount(train, minlength=len(tok)).astype(np.float64) + 0.5
+    log_q = np.log(counts / counts.sum())
+    torch.manual_seed(0)
+    ids = dict(cls=tok.cls_token_id, sep=tok.sep_token_id)
+    eval_rng = np.random.default_rng(123)
+    out = {"store": str(store), "held_out": a.held_out or f"the last {a.held_frac} of --store", "held_out_tokens": len(held), "train_tokens": len(train)}
+    if a.model:
+        model = AutoModelForMaskedLM.from_pretrained(a.model)
+        evals = [windows(held, eval_rng, cfg.train.global_batch, seq_len, **ids) for _ in range(a.eval_batches)]
+        ce = cross_entropies(model, evals, tok.mask_token_id, log_q, visible_frac=1 / 7)
+        print(f"{a.model}: held-out CE at [MASK] {ce['mask']:.3f} nats, at selected positions left visible "
+              f"{ce['visible']:.3f}; word frequencies at [MASK] {ce['unigram']:.3f}", flush=True)
+        print(json.dumps({**out, "model": a.model, "ce_at_mask": ce["mask"], "ce_at_visible": ce["visible"],
+                          "unigram_ce": ce["unigram"]}))
+        return 0
+    m = cfg.model
+    model = ElectraForMaskedLM(ElectraConfig(
+        vocab_size=len(tok), embedding_size=m.embedding_size, hidden_size=m.hidden_size,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
+        max_position_embeddings=m.max_position_embeddings, pad_token_id=tok.pad_token_id))
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / a.warmup, max(0.0, (a.steps - s) / (a.steps - a.warmup))))
+    rng = np.random.default_rng(0)
+    evals = [windows(held, eval_rng, cfg.train.global_batch, seq_len, **ids) for _ in range(a.eval_batches)]
+    curve, t0 = [], time.time()
+    for step in range(1, a.steps + 1):
+        x, sel = windows(train, rng, batch, seq_len, **ids)
+        loss = model(input_ids=x.masked_fill(sel, tok.mask_token_id), labels=x.masked_fill(~sel, -100)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % a.every == 0 or step == 1:
+            ce = cross_entropies(model, evals, tok.mask_token_id, log_q, visible_frac=0.0)
+            curve.append({"step": step, "train_loss": loss.item(), "ce_at_mask": ce["mask"]})
+            print(f"step {step}: train loss {loss.item():.3f}, held-out CE at [MASK] {ce['mask']:.3f} nats, word "
+                  f"frequencies {ce['unigram']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    print(json.dumps({**out, "steps": a.steps, "lr": a.lr, "tokens_seen": a.steps * batch * seq_len,
+                      "ce_at_mask": curve[-1]["ce_at_mask"], "unigram_ce": ce["unigram"], "curve": curve}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

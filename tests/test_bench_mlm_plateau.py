@@ -1,0 +1,70 @@
+"""bench/mlm_plateau.py's measurement (docs/results.md §8.7): the cross-entropy it reports at [MASK], at selected
+positions left visible, and for the word frequencies, checked against masked LMs whose answers are known."""
+import importlib.util
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("mlm_plateau", ROOT / "bench" / "mlm_plateau.py")
+plateau = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plateau)
+
+V, MASK, CLS, SEP = 50, 4, 2, 3
+
+
+class FixedLM(torch.nn.Module):
+    """Logits = log q everywhere (a word-frequency model), or, with copy=True, a copier: certain of the input piece
+    wherever it is not [MASK]."""
+
+    def __init__(self, log_q, copy=False):
+        super().__init__()
+        self.log_q, self.copy = torch.tensor(log_q, dtype=torch.float32), copy
+
+    def forward(self, input_ids):
+        logits = self.log_q.expand(*input_ids.shape, V).clone()
+        if self.copy:
+            shown = input_ids != MASK
+            logits[shown] = torch.nn.functional.one_hot(input_ids[shown], V).float() * 1e4
+        return SimpleNamespace(logits=logits)
+
+
+def _setup():
+    rng = np.random.default_rng(0)
+    stream = rng.integers(5, V, 5000)
+    counts = np.bincount(stream, minlength=V) + 0.5
+    log_q = np.log(counts / counts.sum())
+    evals = [plateau.windows(stream, rng, 4, 32, CLS, SEP) for _ in range(3)]
+    return log_q, evals
+
+
+def test_windows_select_inner_positions_only():
+    log_q, evals = _setup()
+    for x, sel in evals:
+        assert x.shape == (4, 32) and (x[:, 0] == CLS).all() and (x[:, -1] == SEP).all()
+        assert not sel[:, 0].any() and not sel[:, -1].any() and sel.any()
+
+
+def test_word_frequency_model_scores_the_unigram_cross_entropy():
+    log_q, evals = _setup()
+    ce = plateau.cross_entropies(FixedLM(log_q), evals, MASK, log_q, visible_frac=1 / 7)
+    assert math.isclose(ce["mask"], ce["unigram"], rel_tol=1e-5)
+    assert math.isclose(ce["visible"], ce["unigram"], rel_tol=0.05)  # the visible group: other pieces, same model
+    # the unigram figure is counted over exactly the masked positions, by hand here
+    vis_rng, total, n = np.random.default_rng(7), 0.0, 0
+    for x, sel in evals:
+        shown_mask = sel & ~torch.from_numpy(vis_rng.random(x.shape) < 1 / 7)
+        total += -log_q[x[shown_mask].numpy()].sum()
+        n += int(shown_mask.sum())
+    assert math.isclose(ce["unigram"], total / n, rel_tol=1e-12)
+
+
+def test_a_copier_is_near_zero_where_visible_and_at_word_frequencies_at_mask():
+    log_q, evals = _setup()
+    ce = plateau.cross_entropies(FixedLM(log_q, copy=True), evals, MASK, log_q, visible_frac=1 / 7)
+    assert ce["visible"] < 1e-3 and math.isclose(ce["mask"], ce["unigram"], rel_tol=1e-5)
+    none = plateau.cross_entropies(FixedLM(log_q, copy=True), evals, MASK, log_q, visible_frac=0.0)
+    assert "visible" not in none  # nothing left visible: no group to report
