@@ -24,6 +24,8 @@ only what is missing.
 
     DS_ACCELERATOR=cpu .venv/bin/python bench/electra_vs_mlm.py                      # the full curve (hours here)
     ... --electra-steps 400 --budgets 0.5,1 --tasks question-type --seeds 1         # a quick look
+    ... --electra-steps 1500 --budgets 1 --tasks question-type,movie-sentiment --pretrain-seeds 3 --scarce-only \
+        --lr 1e-3,3e-3 --store runs/demo/store --tokenizer runs/demo/tokenizer      # docs/results.md §8.8's protocol
 """
 from __future__ import annotations
 
@@ -145,7 +147,8 @@ def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bo
 
 
 def add_means(row: dict, tasks: list[str], scarce: int) -> None:
-    row["mean"] = sum(row[t] for t in tasks) / len(tasks)
+    if all(t in row for t in tasks):  # not with --scarce-only
+        row["mean"] = sum(row[t] for t in tasks) / len(tasks)
     if scarce:
         row[f"mean@{scarce}"] = sum(row[f"{t}@{scarce}"] for t in tasks) / len(tasks)
 
@@ -158,7 +161,8 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = ["mean", *tasks] + [k for k in random if k.startswith("mean@")]
+    panels = [k for k in ("mean", *tasks) if k in random] + [k for k in random if k.startswith("mean@")]
+    panels += [f"{t}@{k[5:]}" for k in random if k.startswith("mean@") and "mean" not in random for t in tasks]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for kind, style in (("electra", "o-"), ("mlm", "s--")):
@@ -170,7 +174,8 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
         ax.set_xlim(min(flops) / 2, max(flops) * 2)  # a readable decade even when all points sit at one budget
         ax.set_xlabel("pretraining FLOPs")
         ax.set_title("mean over tasks" if panel == "mean" else
-                     f"mean over tasks, {panel[5:]} labels" if panel.startswith("mean@") else panel)
+                     f"mean over tasks, {panel[5:]} labels" if panel.startswith("mean@") else
+                     panel.replace("@", ", ") + " labels" if "@" in panel else panel)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy, % (median over seeds)")
     axes[0][0].legend()
@@ -203,12 +208,22 @@ def main() -> int:
     ap.add_argument("--scarce", type=int, default=500,
                     help="also fine-tune on this many labeled rows (the setting where a pretrained encoder matters "
                          "most); 0 = all labels only")
+    ap.add_argument("--scarce-only", action="store_true",
+                    help="fine-tune on the --scarce rows only (no all-label cells, the long ones on a CPU); the JSON "
+                         "line's electra_minus_* are then the label-scarce figures")
+    ap.add_argument("--store", default=None, help="pretrain on this token store (with --tokenizer) instead of building "
+                                                  "one under --work, e.g. make demo's runs/demo/store")
+    ap.add_argument("--tokenizer", default=None)
     ap.add_argument("--scarce-epochs", default="10", help="epochs for --scarce (few rows: few steps); several, "
                                                           "comma-separated (10,20), are searched like --lr")
     ap.add_argument("--finetune-args", default="", help='more `gpt-ds finetune` options in one string, e.g. '
                     '--finetune-args "--epochs 5 --layer-decay 1"')
     ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")
     a = ap.parse_args()
+    if a.scarce_only and not a.scarce:
+        ap.error("--scarce-only needs --scarce N (N > 0)")
+    if bool(a.store) != bool(a.tokenizer):
+        ap.error("--store and --tokenizer go together")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -219,7 +234,7 @@ def main() -> int:
 
     from demo.corpora import labeled_task
     task_paths = {t: labeled_task(t, work / "tasks") for t in tasks}
-    tok, store = data(work, a.corpus)
+    tok, store = (Path(a.tokenizer), Path(a.store)) if a.store else data(work, a.corpus)
     vocab = json.loads((store / "manifest.json").read_text())["vocab_size"]
     steps = matched_steps(a.preset, a.set, a.electra_steps, vocab)
     seeds = [None, *range(1, a.pretrain_seeds)]
@@ -234,7 +249,8 @@ def main() -> int:
         for step in points:
             models = [export(work, kind, step, seed) for seed in seeds]
             row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind], "runs": {}}
-            cells = [(t, 0) for t in tasks] + ([(t, a.scarce) for t in tasks] if a.scarce else [])
+            cells = ([] if a.scarce_only else [(t, 0) for t in tasks]) + \
+                ([(t, a.scarce) for t in tasks] if a.scarce else [])
             for t, rows_ in cells:
                 key = f"{t}@{rows_}" if rows_ else t
                 row["runs"][key] = [test_accuracy(finetune(work, m, t, task_paths[t], a, rows=rows_)) for m in models]
@@ -243,7 +259,8 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     control = export(work, "electra", max(r["step"] for r in rows if r["objective"] == "electra"))
-    random = {t: test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True)) for t in tasks}
+    random = {} if a.scarce_only else \
+        {t: test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True)) for t in tasks}
     if a.scarce:
         random.update({f"{t}@{a.scarce}": test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True,
                                                                  rows=a.scarce)) for t in tasks})
@@ -260,8 +277,9 @@ def main() -> int:
     plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.pretrain_seeds} pretraining x {a.seeds} "
          f"fine-tuning seeds; tasks: {', '.join(tasks)}; "
          f"fine-tuning lr: the best of {a.lr} per model")
-    result = {"electra_minus_mlm": top["electra"]["mean"] - top["mlm"]["mean"],
-              "electra_minus_random": top["electra"]["mean"] - random["mean"],
+    head = f"mean@{a.scarce}" if a.scarce_only else "mean"
+    result = {"electra_minus_mlm": top["electra"][head] - top["mlm"][head],
+              "electra_minus_random": top["electra"][head] - random[head], "labels": head,
               "largest_budget_flops": top["electra"]["flops"], "pretrain_minutes": minutes,
               "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds,
               "pretrain_seeds": a.pretrain_seeds, "preset": a.preset,
