@@ -147,10 +147,12 @@ def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bo
 
 
 def add_means(row: dict, tasks: list[str], scarce: int) -> None:
-    if all(t in row for t in tasks):  # not with --scarce-only
-        row["mean"] = sum(row[t] for t in tasks) / len(tasks)
-    if scarce:
-        row[f"mean@{scarce}"] = sum(row[f"{t}@{scarce}"] for t in tasks) / len(tasks)
+    """The mean over tasks of the cells (medians over runs), and of each pretraining run's own cells."""
+    for mean, keys in (("mean", tasks), (f"mean@{scarce}", [f"{t}@{scarce}" for t in tasks] if scarce else [])):
+        if keys and all(k in row for k in keys):  # no all-label cells with --scarce-only
+            row[mean] = sum(row[k] for k in keys) / len(keys)
+            if "runs" in row:
+                row["runs"][mean] = [sum(v) / len(v) for v in zip(*(row["runs"][k] for k in keys))]
 
 
 def test_accuracy(result: dict) -> float:
@@ -167,7 +169,12 @@ def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str
     for ax, panel in zip(axes[0], panels):
         for kind, style in (("electra", "o-"), ("mlm", "s--")):
             pts = sorted((r["flops"], r[panel]) for r in rows if r["objective"] == kind)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label="ELECTRA" if kind == "electra" else "MLM")
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
+                            label="ELECTRA" if kind == "electra" else "MLM")
+            runs = [(r["flops"], v) for r in rows if r["objective"] == kind and len(r["runs"].get(panel, [])) > 1
+                    for v in r["runs"][panel]]  # each pretraining run's own cell: the spread a median hides
+            if runs:
+                ax.scatter([p[0] for p in runs], [p[1] for p in runs], s=12, alpha=0.4, color=line.get_color())
         ax.axhline(random[panel], color="grey", linestyle=":", label="random init")
         ax.set_xscale("log")
         flops = [r["flops"] for r in rows]
@@ -274,7 +281,7 @@ def main() -> int:
         print(f"{r['objective']:>9} {r['step']:>7} {r['flops'] / 1e15:8.2f} " + " ".join(f"{r[c]:19.1f}" for c in cols))
     print(f"{'random':>9} {'-':>7} {0:8.2f} " + " ".join(f"{random[c]:19.1f}" for c in cols))
     out = Path(a.plot) if a.plot else work / "electra_vs_mlm.png"
-    plot(rows, random, tasks, out, f"{a.preset} {' '.join(a.set)}; {a.pretrain_seeds} pretraining x {a.seeds} "
+    plot(rows, random, tasks, out, f"{' '.join([a.preset, *a.set])}; {a.pretrain_seeds} pretraining x {a.seeds} "
          f"fine-tuning seeds; tasks: {', '.join(tasks)}; "
          f"fine-tuning lr: the best of {a.lr} per model")
     head = f"mean@{a.scarce}" if a.scarce_only else "mean"
