@@ -231,6 +231,11 @@ def main() -> int:
         ap.error("--scarce-only needs --scarce N (N > 0)")
     if bool(a.store) != bool(a.tokenizer):
         ap.error("--store and --tokenizer go together")
+    for flag, path, made_by in (("--store", a.store, "gpt-ds prepare"), ("--tokenizer", a.tokenizer,
+                                                                          "gpt-ds tokenizer train")):
+        if path and not (Path(path) / ("manifest.json" if flag == "--store" else "tokenizer.json")).is_file():
+            ap.error(f"{flag} {path}: not a folder written by `{made_by}` (make demo writes runs/demo/store and "
+                     f"runs/demo/tokenizer)")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -87,6 +87,11 @@ def main() -> int:
     a = ap.parse_args()
     if not a.model and a.steps <= a.warmup:
         ap.error(f"--steps {a.steps} must exceed --warmup {a.warmup}")
+    for flag, path in (("--store", a.store), ("--held-out", a.held_out)):
+        if path and not (Path(path) / "manifest.json").is_file():
+            ap.error(f"{flag} {path}: not a store written by `gpt-ds prepare` (make demo writes runs/demo/store)")
+    if a.model and not (Path(a.model) / "config.json").is_file():
+        ap.error(f"--model {a.model}: no config.json; give an exported masked LM (EXPORT/generator)")
     from transformers import AutoModelForMaskedLM, AutoTokenizer, ElectraConfig, ElectraForMaskedLM
 
     from gpt_ds.config import load_config
