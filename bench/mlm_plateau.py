@@ -4,7 +4,8 @@ or of gpt_ds? An independent control and a reproducible copy-task measurement, i
 - Train mode (default): a plain `transformers` ElectraForMaskedLM of the preset's size (learned positions, HF's own
   init) trained by a plain PyTorch loop (AdamW, warmup then linear decay, clipping 1) on a token store's stream,
   every selected position shown as [MASK] (no copy task to learn first). Every --every steps: the held-out
-  masked-token cross-entropy beside that of the training stream's word frequencies (add-1/2). Nothing of gpt_ds's
+  masked-token cross-entropy beside that of the training stream's word frequencies (add-1/2, the helper the generator's
+priors and `gpt_ds.evaluate` use). Nothing of gpt_ds's
   trainer, masking, kernels or data loader is used: only the store's token files are read.
 - `--model DIR` (an exported masked LM: EXPORT/generator, or an MLM export's): no training; the same held-out
   windows with one in seven of the selected positions left visible (as BERT/ELECTRA masking does), and the
@@ -95,6 +96,7 @@ def main() -> int:
     from transformers import AutoModelForMaskedLM, AutoTokenizer, ElectraConfig, ElectraForMaskedLM
 
     from gpt_ds.config import load_config
+    from gpt_ds.model.priors import smoothed_log_frequencies  # the baseline every word-frequency figure here uses
     store = Path(a.store)
     tok = AutoTokenizer.from_pretrained(store / "tokenizer")
     cfg = load_config(a.preset, [])
@@ -105,8 +107,7 @@ def main() -> int:
     else:
         cut = int(len(stream) * (1 - a.held_frac))
         train, held = stream[:cut], stream[cut:]
-    counts = np.bincount(train, minlength=len(tok)).astype(np.float64) + 0.5
-    log_q = np.log(counts / counts.sum())
+    log_q = smoothed_log_frequencies(torch.from_numpy(train), len(tok), tok.all_special_ids).numpy()
     torch.manual_seed(0)
     ids = dict(cls=tok.cls_token_id, sep=tok.sep_token_id)
     eval_rng = np.random.default_rng(123)
