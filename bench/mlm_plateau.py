@@ -12,12 +12,19 @@ priors and `gpt_ds.evaluate` use). Nothing of gpt_ds's
   cross-entropy at each group. A masked LM whose training loss falls by copying the visible ones scores low there and
   stays at word frequencies at [MASK].
 
+- `--arch mpnet [--local-bias]` (train mode): the same loop with a stock `transformers` MPNetForMaskedLM of the same
+  size, the one stock encoder with a learned scalar attention bias per relative distance (T5-style buckets).
+  `--local-bias` starts that bias at -slope * distance (slopes 1 and 1/4 by head, ALiBi's shape), so attention
+  favours near positions from step 0; the bias is still learned. Position ids are passed explicitly (MPNet derives
+  them from pad id 1, which is [UNK] in gpt_ds's tokenizers). Results §8.12.
+
 The held-out text is the last --held-frac of the stream (windows drawn with a fixed seed), the word frequencies are
 counted on the rest; `--held-out STORE2` takes the windows from another store instead (text a pretrained --model never
 saw: `gpt-ds prepare` of the demo's held-out news file) and counts the frequencies on all of --store. One JSON line
 last.
 
     .venv/bin/python bench/mlm_plateau.py --store runs/demo/store --steps 1000          # plain loop, ~10 min here
+    .venv/bin/python bench/mlm_plateau.py --steps 400 --arch mpnet --local-bias   # ~6 min here
     .venv/bin/python bench/mlm_plateau.py --store runs/demo/store --model runs/demo/export/generator \
         --held-out runs/demo/held_store      # gpt-ds prepare --input runs/demo/corpus/news-006.txt ... --out it
 """
@@ -49,6 +56,51 @@ def windows(src: np.ndarray, rng: np.random.Generator, batch: int, seq_len: int,
     sel = torch.from_numpy(rng.random(x.shape) < 0.15)
     sel[:, 0] = sel[:, -1] = False
     return x, sel
+
+
+def local_bias_(bias: torch.nn.Embedding, slopes=(1.0, 0.25), max_distance: int = 128) -> None:
+    """Set MPNet's bucketed relative-attention bias (buckets, heads) to -slope * distance: near positions first.
+
+    MPNet's buckets (`MPNetEncoder.relative_position_bucket`): each direction gets half of them, exact below half of
+    that half, log-spaced up to max_distance beyond; a bucket stands here for the smallest distance it holds."""
+    half = bias.num_embeddings // 2
+    exact = half // 2
+    b = torch.arange(half, dtype=torch.float64)
+    dist = torch.where(b < exact, b, exact * (max_distance / exact) ** ((b - exact) / (half - exact)))
+    with torch.no_grad():
+        for h in range(bias.embedding_dim):
+            slope = slopes[h % len(slopes)]
+            bias.weight[:half, h] = (-slope * dist).to(bias.weight.dtype)
+            bias.weight[half:, h] = (-slope * dist).to(bias.weight.dtype)
+
+
+class WithPositions(torch.nn.Module):
+    """MPNet with position ids given: its own rule counts positions past pad id 1, which is [UNK] here."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.first = model.config.pad_token_id + 1
+
+    def forward(self, input_ids, labels=None):
+        pos = torch.arange(self.first, self.first + input_ids.shape[1])[None].expand_as(input_ids)
+        return self.model(input_ids=input_ids, position_ids=pos, labels=labels)
+
+
+def build_mlm(arch: str, m, vocab: int, pad_id: int, local_bias: bool) -> torch.nn.Module:
+    """A stock transformers masked LM of the preset's size, initialised by transformers itself."""
+    from transformers import ElectraConfig, ElectraForMaskedLM, MPNetConfig, MPNetForMaskedLM
+    if arch == "electra":
+        return ElectraForMaskedLM(ElectraConfig(
+            vocab_size=vocab, embedding_size=m.embedding_size, hidden_size=m.hidden_size,
+            num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
+            max_position_embeddings=m.max_position_embeddings, pad_token_id=pad_id))
+    model = MPNetForMaskedLM(MPNetConfig(
+        vocab_size=vocab, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+        intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings + 2, pad_token_id=1))
+    if local_bias:
+        local_bias_(model.mpnet.encoder.relative_attention_bias)
+    return WithPositions(model)
 
 
 def cross_entropies(model, evals, mask_id: int, log_q: np.ndarray, visible_frac: float) -> dict:
@@ -85,7 +137,17 @@ def main() -> int:
     ap.add_argument("--held-out", default=None, help="a store to draw the held-out windows from (default: the tail "
                                                        "of --store)")
     ap.add_argument("--eval-batches", type=int, default=8)
+    ap.add_argument("--arch", choices=("electra", "mpnet"), default="electra",
+                    help="the stock transformers masked LM to train (mpnet: learned relative-position bias)")
+    ap.add_argument("--save", default=None, help="train mode: write the trained masked LM and the tokenizer here (an "
+                                                 "HF folder `gpt-ds finetune` takes)")
+    ap.add_argument("--local-bias", action="store_true",
+                    help="with --arch mpnet: start the relative-position bias at -slope * distance")
     a = ap.parse_args()
+    if a.save and a.model:
+        ap.error("--save writes a model this bench trains; with --model nothing is trained")
+    if a.local_bias and a.arch != "mpnet":
+        ap.error("--local-bias needs --arch mpnet (ELECTRA has no relative-position bias to start)")
     if not a.model and a.steps <= a.warmup:
         ap.error(f"--steps {a.steps} must exceed --warmup {a.warmup}")
     for flag, path in (("--store", a.store), ("--held-out", a.held_out)):
@@ -93,7 +155,7 @@ def main() -> int:
             ap.error(f"{flag} {path}: not a store written by `gpt-ds prepare` (make demo writes runs/demo/store)")
     if a.model and not (Path(a.model) / "config.json").is_file():
         ap.error(f"--model {a.model}: no config.json; give an exported masked LM (EXPORT/generator)")
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, ElectraConfig, ElectraForMaskedLM
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from gpt_ds.config import load_config
     from gpt_ds.model.priors import smoothed_log_frequencies  # the baseline every word-frequency figure here uses
@@ -121,11 +183,7 @@ def main() -> int:
         print(json.dumps({**out, "model": a.model, "ce_at_mask": ce["mask"], "ce_at_visible": ce["visible"],
                           "unigram_ce": ce["unigram"]}))
         return 0
-    m = cfg.model
-    model = ElectraForMaskedLM(ElectraConfig(
-        vocab_size=len(tok), embedding_size=m.embedding_size, hidden_size=m.hidden_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
-        max_position_embeddings=m.max_position_embeddings, pad_token_id=tok.pad_token_id))
+    model = build_mlm(a.arch, cfg.model, len(tok), tok.pad_token_id, a.local_bias)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / a.warmup, max(0.0, (a.steps - s) / (a.steps - a.warmup))))
@@ -145,7 +203,12 @@ def main() -> int:
             curve.append({"step": step, "train_loss": loss.item(), "ce_at_mask": ce["mask"]})
             print(f"step {step}: train loss {loss.item():.3f}, held-out CE at [MASK] {ce['mask']:.3f} nats, word "
                   f"frequencies {ce['unigram']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    print(json.dumps({**out, "steps": a.steps, "lr": a.lr, "tokens_seen": a.steps * batch * seq_len,
+    if a.save:
+        hf = model.model if isinstance(model, WithPositions) else model
+        hf.save_pretrained(a.save)
+        tok.save_pretrained(a.save)
+        out["saved"] = a.save
+    print(json.dumps({**out, "arch": a.arch, "local_bias": a.local_bias, "steps": a.steps, "lr": a.lr, "tokens_seen": a.steps * batch * seq_len,
                       "ce_at_mask": curve[-1]["ce_at_mask"], "unigram_ce": ce["unigram"], "curve": curve}))
     return 0
 

@@ -309,3 +309,13 @@ def test_an_epoch_search_runs_each_length_as_its_own_schedule_and_picks_on_valid
     alone = last_json(gpt_ds("finetune", model_dir, *args, "--epochs", "5", "--no-save"))
     assert "search" not in alone and alone["recipe"]["epochs"] == 5.0
     assert grid["seeds"] == [dict(s, train_seconds=g["train_seconds"]) for s, g in zip(alone["seeds"], grid["seeds"])]
+
+
+def test_roberta_style_position_tables_lose_their_offset():
+    """MPNet / RoBERTa number positions from pad id + 1: a 130-row table holds 128 tokens, ELECTRA's all 128 rows.
+    Without this a long text indexes past the table inside the model."""
+    from transformers import ElectraConfig, MPNetConfig, RobertaConfig
+    from gpt_ds.finetune.run import usable_positions
+    assert usable_positions(MPNetConfig(max_position_embeddings=130, pad_token_id=1)) == 128
+    assert usable_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
+    assert usable_positions(ElectraConfig(max_position_embeddings=128, pad_token_id=0)) == 128

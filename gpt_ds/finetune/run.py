@@ -111,6 +111,18 @@ def load_config(model_dir: Path, label_names: list[str]):
                                       label2id={n: i for i, n in enumerate(label_names)})
 
 
+# Families that number positions from pad_token_id + 1 (RoBERTa's rule): the table holds pad_token_id + 1 fewer.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm")
+
+
+def usable_positions(config) -> int:
+    """How many tokens one sequence may hold: the position table's rows, less RoBERTa-style offsets."""
+    positions = getattr(config, "max_position_embeddings", 512)
+    if getattr(config, "model_type", "") in OFFSET_POSITIONS:
+        positions -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
+    return positions
+
+
 def build_model(model_dir: Path, config, random_init: bool):
     """A stock AutoModelForSequenceClassification; refuses a pretrained load that leaves encoder weights missing."""
     verbosity = hf_logging.get_verbosity()
@@ -265,7 +277,7 @@ def finetune(a: argparse.Namespace) -> dict:
         if accelerator.is_main_process:
             print(f"finetune: {msg}", file=sys.stderr, flush=True)
 
-    positions = getattr(config, "max_position_embeddings", 512)
+    positions = usable_positions(config)
     max_length = min(a.max_length or positions, positions)
     features = {s: encode(tokenizer, task.splits[s], task.label_ids(s), max_length)
                 for s in SPLITS if s in task.splits}
