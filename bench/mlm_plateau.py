@@ -16,7 +16,9 @@ priors and `gpt_ds.evaluate` use). Nothing of gpt_ds's
   size, the one stock encoder with a learned scalar attention bias per relative distance (T5-style buckets).
   `--local-bias` starts that bias at -slope * distance (slopes 1 and 1/4 by head, ALiBi's shape), so attention
   favours near positions from step 0; the bias is still learned. Position ids are passed explicitly (MPNet derives
-  them from pad id 1, which is [UNK] in gpt_ds's tokenizers). Results §8.12.
+  them from pad id 1, which is [UNK] in gpt_ds's tokenizers). `--layer-decay D` trains encoder layer i at
+  lr * D ** (i + 1) (`tiny`'s optim.encoder_layer_lr_decay); `--save DIR` writes the trained model and tokenizer as
+  an HF folder for `gpt-ds finetune`. Results §8.12.
 
 The held-out text is the last --held-frac of the stream (windows drawn with a fixed seed), the word frequencies are
 counted on the rest; `--held-out STORE2` takes the windows from another store instead (text a pretrained --model never
@@ -141,6 +143,9 @@ def main() -> int:
                     help="the stock transformers masked LM to train (mpnet: learned relative-position bias)")
     ap.add_argument("--save", default=None, help="train mode: write the trained masked LM and the tokenizer here (an "
                                                  "HF folder `gpt-ds finetune` takes)")
+    ap.add_argument("--layer-decay", type=float, default=1.0,
+                    help="encoder layer i learns at lr * decay ** (i + 1), as `tiny`'s optim.encoder_layer_lr_decay "
+                         "(default 1: every weight at --lr)")
     ap.add_argument("--local-bias", action="store_true",
                     help="with --arch mpnet: start the relative-position bias at -slope * distance")
     a = ap.parse_args()
@@ -184,7 +189,11 @@ def main() -> int:
                           "unigram_ce": ce["unigram"]}))
         return 0
     model = build_mlm(a.arch, cfg.model, len(tok), tok.pad_token_id, a.local_bias)
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
+    params = model.parameters()
+    if a.layer_decay != 1.0:  # tiny's optim.encoder_layer_lr_decay: layer i at lr * decay ** (i + 1)
+        from gpt_ds.model.weight_decay import param_groups
+        params = param_groups(model, 0.01, a.lr, a.layer_decay, cfg.model.num_layers)
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / a.warmup, max(0.0, (a.steps - s) / (a.steps - a.warmup))))
     rng = np.random.default_rng(0)
@@ -208,7 +217,8 @@ def main() -> int:
         hf.save_pretrained(a.save)
         tok.save_pretrained(a.save)
         out["saved"] = a.save
-    print(json.dumps({**out, "arch": a.arch, "local_bias": a.local_bias, "steps": a.steps, "lr": a.lr, "tokens_seen": a.steps * batch * seq_len,
+    print(json.dumps({**out, "arch": a.arch, "local_bias": a.local_bias, "layer_decay": a.layer_decay,
+                      "steps": a.steps, "lr": a.lr, "tokens_seen": a.steps * batch * seq_len,
                       "ce_at_mask": curve[-1]["ce_at_mask"], "unigram_ce": ce["unigram"], "curve": curve}))
     return 0
 
