@@ -18,7 +18,8 @@ priors and `gpt_ds.evaluate` use). Nothing of gpt_ds's
   favours near positions from step 0; the bias is still learned. Position ids are passed explicitly (MPNet derives
   them from pad id 1, which is [UNK] in gpt_ds's tokenizers). `--layer-decay D` trains encoder layer i at
   lr * D ** (i + 1) (`tiny`'s optim.encoder_layer_lr_decay); `--save DIR` writes the trained model and tokenizer as
-  an HF folder for `gpt-ds finetune`. Results §8.12.
+  an HF folder for `gpt-ds finetune` (`--steps 0 --save DIR`: the untrained model, a random-init twin that keeps
+  `--local-bias`). Results §8.12.
 
 The held-out text is the last --held-frac of the stream (windows drawn with a fixed seed), the word frequencies are
 counted on the rest; `--held-out STORE2` takes the windows from another store instead (text a pretrained --model never
@@ -153,7 +154,9 @@ def main() -> int:
         ap.error("--save writes a model this bench trains; with --model nothing is trained")
     if a.local_bias and a.arch != "mpnet":
         ap.error("--local-bias needs --arch mpnet (ELECTRA has no relative-position bias to start)")
-    if not a.model and a.steps <= a.warmup:
+    if not a.model and a.steps == 0 and not a.save:
+        ap.error("--steps 0 trains nothing: give --save DIR to write the untrained model (a random-init twin)")
+    if not a.model and 0 < a.steps <= a.warmup:
         ap.error(f"--steps {a.steps} must exceed --warmup {a.warmup}")
     for flag, path in (("--store", a.store), ("--held-out", a.held_out)):
         if path and not (Path(path) / "manifest.json").is_file():
@@ -212,6 +215,9 @@ def main() -> int:
             curve.append({"step": step, "train_loss": loss.item(), "ce_at_mask": ce["mask"]})
             print(f"step {step}: train loss {loss.item():.3f}, held-out CE at [MASK] {ce['mask']:.3f} nats, word "
                   f"frequencies {ce['unigram']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+    if not curve:  # --steps 0: the untrained model, as transformers (and --local-bias) initialise it
+        ce = cross_entropies(model, evals, tok.mask_token_id, log_q, visible_frac=0.0)
+        curve.append({"step": 0, "train_loss": None, "ce_at_mask": ce["mask"]})
     if a.save:
         hf = model.model if isinstance(model, WithPositions) else model
         hf.save_pretrained(a.save)
