@@ -61,22 +61,6 @@ def windows(src: np.ndarray, rng: np.random.Generator, batch: int, seq_len: int,
     return x, sel
 
 
-def local_bias_(bias: torch.nn.Embedding, slopes=(1.0, 0.25), max_distance: int = 128) -> None:
-    """Set MPNet's bucketed relative-attention bias (buckets, heads) to -slope * distance: near positions first.
-
-    MPNet's buckets (`MPNetEncoder.relative_position_bucket`): each direction gets half of them, exact below half of
-    that half, log-spaced up to max_distance beyond; a bucket stands here for the smallest distance it holds."""
-    half = bias.num_embeddings // 2
-    exact = half // 2
-    b = torch.arange(half, dtype=torch.float64)
-    dist = torch.where(b < exact, b, exact * (max_distance / exact) ** ((b - exact) / (half - exact)))
-    with torch.no_grad():
-        for h in range(bias.embedding_dim):
-            slope = slopes[h % len(slopes)]
-            bias.weight[:half, h] = (-slope * dist).to(bias.weight.dtype)
-            bias.weight[half:, h] = (-slope * dist).to(bias.weight.dtype)
-
-
 class WithPositions(torch.nn.Module):
     """MPNet with position ids given: its own rule counts positions past pad id 1, which is [UNK] here."""
 
@@ -98,6 +82,7 @@ def build_mlm(arch: str, m, vocab: int, pad_id: int, local_bias: bool) -> torch.
             vocab_size=vocab, embedding_size=m.embedding_size, hidden_size=m.hidden_size,
             num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
             max_position_embeddings=m.max_position_embeddings, pad_token_id=pad_id))
+    from gpt_ds.model.relative_bias import local_bias_
     model = MPNetForMaskedLM(MPNetConfig(
         vocab_size=vocab, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
         intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position_embeddings + 2, pad_token_id=1))

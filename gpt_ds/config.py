@@ -41,6 +41,14 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
+    # the stock transformers backbone of both towers: electra (learned absolute positions; embedding projection), or
+    # mpnet (also a learned bias per relative distance, which `relative_bias_init: local` starts favouring near
+    # positions: the way off the word-frequency plateau at small budgets, docs/results.md §8.12-8.13). mpnet has no
+    # embedding projection (embedding_size is unused) and no token types
+    arch: Literal["electra", "mpnet"] = "electra"
+    # mpnet: the relative-position bias starts at -slope * distance (slopes 1 and 1/4 by head): "local"; or as
+    # transformers initialises it (normal): "normal"
+    relative_bias_init: Literal["local", "normal"] = "local"
     vocab_size: int = 0  # 0: taken from the tokenizer
     hidden_size: int = 256
     num_layers: int = 12
@@ -386,6 +394,21 @@ def validate(cfg: Config) -> None:
         problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if not 0 < m.generator_hidden_ratio <= 1:
         problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio} must be in (0, 1]")
+    if m.arch == "mpnet":
+        if o.kind == "electra" and o.embedding_sharing == "gdes" and m.generator_hidden_ratio != 1:
+            problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio}: with model.arch=mpnet (no "
+                            "embedding projection) GDES shares the word table, so the generator needs the "
+                            "discriminator's width; set it to 1 and make the generator smaller with "
+                            "model.generator_layers (as DeBERTa-v3 does), or objective.embedding_sharing=none")
+        if o.disc_mlm_weight > 0:
+            problems.append("objective.disc_mlm_weight > 0 (the corrective LM) is not built for model.arch=mpnet "
+                            "yet; set it to 0")
+        if t.activation_checkpointing:
+            problems.append("train.activation_checkpointing: transformers' MPNet does not support it; set it false "
+                            "or use model.arch=electra")
+        if cfg.data.two_segments:
+            problems.append("data.two_segments needs token types, which model.arch=mpnet does not have; use "
+                            "model.arch=electra or data.two_segments=false")
     if cfg.data.seq_len > m.max_position_embeddings:
         problems.append(f"data.seq_len {cfg.data.seq_len} exceeds model.max_position_embeddings "
                         f"{m.max_position_embeddings}; raise the latter or shorten the rows")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from gpt_ds.export import load_discriminator
 from gpt_ds.model.priors import smoothed_log_frequencies
 
 
@@ -62,11 +63,11 @@ def token_identity_scores(fit: list[tuple[torch.Tensor, torch.Tensor]], vocab_si
 
 
 def rtd_report(export_dir: Path, held_texts: list[str], fit_texts: list[str], temperature: float) -> dict:
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
     export_dir = Path(export_dir)
     tok = AutoTokenizer.from_pretrained(export_dir / "discriminator")
     gen = AutoModelForMaskedLM.from_pretrained(export_dir / "generator").eval()
-    disc = AutoModelForPreTraining.from_pretrained(export_dir / "discriminator").eval()
+    disc = load_discriminator(export_dir / "discriminator")
     held = corrupt(held_texts, tok, gen, temperature, seed=0)
     scores, labels, ids = [], [], []
     for corrupted, y in held:

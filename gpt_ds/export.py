@@ -1,9 +1,12 @@
-"""`gpt-ds export RUN_DIR --out DIR`: a checkpoint -> stock Hugging Face ELECTRA folders (safetensors + tokenizer).
+"""`gpt-ds export RUN_DIR --out DIR`: a checkpoint -> stock Hugging Face folders (ELECTRA or MPNet; safetensors +
+tokenizer).
 
 Runs offline on one CPU process: every rank's ZeRO partitions are merged from the files (DeepSpeed's zero_to_fp32 for
 stages 1-3, the module file for stage 0), the tied output embedding is re-tied, and the GDES delta is merged into the
 discriminator's tables (E_G + E_delta), so `AutoModelForPreTraining` / `AutoModelForMaskedLM` / `pipeline` load the
-result with no gpt_ds code. Written to DIR.tmp, then renamed.
+result with no gpt_ds code. Written to DIR.tmp, then renamed. MPNet (model.arch=mpnet) has no pretraining-head class
+in transformers: its discriminator folder is an MPNetModel (what AutoModel / AutoModelForSequenceClassification load)
+with the RTD head beside it in rtd_head.safetensors, which `load_discriminator` puts back.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer, ElectraForMaskedLM,
-                          ElectraForPreTraining)
+from safetensors.torch import load_file, save_file
+from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer,
+                          ElectraForMaskedLM, ElectraForPreTraining, MPNetForMaskedLM)
 from transformers.utils import logging as hf_logging
 
 from gpt_ds import __version__, checkpoint
@@ -27,9 +31,30 @@ from gpt_ds.config import Config, config_from_dict
 from gpt_ds.errors import GptDsError
 from gpt_ds.export_card import model_card
 from gpt_ds.flops import run_flops
+from gpt_ds.model.discriminator import MPNetForReplacedTokenDetection
+from gpt_ds.model.generator import mpnet_positions
 from gpt_ds.model.hf_config import discriminator_config, generator_config
 
-TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight"}
+TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight",  # ELECTRA; MPNet's below (tied output only)
+        "lm_head.decoder.weight", "lm_head.decoder.bias", "mlm.lm_head.decoder.weight", "mlm.lm_head.decoder.bias"}
+RTD_HEAD_FILE = "rtd_head.safetensors"  # an MPNet discriminator's replaced-token-detection head
+
+
+def load_discriminator(folder: str | Path):
+    """An exported discriminator with its RTD head, in eval mode; `model(ids, attention_mask=...).logits` is (B, L)
+    for either arch. Safetensors only: no pickle, no code from the folder."""
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    if config.model_type != "mpnet":
+        return AutoModelForPreTraining.from_pretrained(folder).eval()
+    head = folder / RTD_HEAD_FILE
+    if not head.is_file():
+        raise GptDsError(f"{head}: missing; an MPNet discriminator exported by gpt_ds keeps its replaced-token-"
+                         f"detection head there (re-export the run with `gpt-ds export`)")
+    model = MPNetForReplacedTokenDetection(config)
+    model.mpnet = AutoModel.from_pretrained(folder, add_pooling_layer=False)
+    model.discriminator_predictions.load_state_dict(load_file(head))
+    return model.eval()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,16 +122,19 @@ def build_hf_models(cfg: Config, state: dict, weights: dict[str, dict]):
     """Stock transformers models; GDES merged."""
     vocab, pad = state["vocab_size"], state["pad_id"]
     gen_sd = _strip(weights["generator"], "mlm.")
-    gen = ElectraForMaskedLM(generator_config(cfg, vocab, pad))
+    mpnet = cfg.model.arch == "mpnet"
+    gen = (MPNetForMaskedLM if mpnet else ElectraForMaskedLM)(generator_config(cfg, vocab, pad))
     _load_into(gen, gen_sd, "generator")
     gen.tie_weights()
     disc = None
     if cfg.objective.kind == "electra":
         disc_sd = _strip(weights["discriminator"], "pt.")
         if cfg.objective.embedding_sharing == "gdes":
-            for name in ("electra.embeddings.word_embeddings.weight", "electra.embeddings.position_embeddings.weight"):
+            for table in ("word_embeddings", "position_embeddings"):
+                name = f"{cfg.model.arch}.embeddings.{table}.weight"
                 disc_sd[name] = disc_sd[name] + gen_sd[name]
-        disc = ElectraForPreTraining(discriminator_config(cfg, vocab, pad))
+        disc = (MPNetForReplacedTokenDetection if mpnet else ElectraForPreTraining)(discriminator_config(cfg, vocab,
+                                                                                                          pad))
         _load_into(disc, disc_sd, "discriminator")
     return gen.eval(), disc.eval() if disc is not None else None
 
@@ -173,7 +201,12 @@ def export(run_dir: str | Path, out: str | Path, step: int | None = None, verify
     for name, model in (("generator", gen), ("discriminator", disc)):
         if model is None:
             continue
-        model.save_pretrained(tmp / name, safe_serialization=True)
+        if isinstance(model, MPNetForReplacedTokenDetection):  # the encoder as a stock MPNetModel, the head beside
+            model.mpnet.save_pretrained(tmp / name, safe_serialization=True)
+            save_file({k: v.contiguous() for k, v in model.discriminator_predictions.state_dict().items()},
+                      str(tmp / name / RTD_HEAD_FILE))
+        else:
+            model.save_pretrained(tmp / name, safe_serialization=True)
         if tok is not None:
             tok.save_pretrained(tmp / name)
         (tmp / name / "README.md").write_text(model_card(name, cfg, state, step_dir.parent.parent))
@@ -206,20 +239,24 @@ def verify_export(out: Path, cfg: Config, state: dict, weights: dict[str, dict])
     att[1, length // 2:] = 0
     ids[att == 0] = state["pad_id"]
     tt = torch.zeros_like(ids)
+    # ids from 5 up: no [UNK] (id 1), where MPNet's own position rule would differ from the positions gpt_ds gives
+    pos = mpnet_positions(ids) if gen_ours.mpnet else torch.arange(length)[None, :]
+    ours_kw = {"position_ids": pos} if gen_ours.mpnet else {"token_type_ids": tt}
+    theirs_kw = {} if gen_ours.mpnet else {"token_type_ids": tt}
     worst = 0.0
     with torch.no_grad():
         hf_gen = AutoModelForMaskedLM.from_pretrained(out / "generator").eval()
-        ours = gen_ours.mlm(ids, attention_mask=att, token_type_ids=tt).logits
-        theirs = hf_gen(ids, attention_mask=att, token_type_ids=tt).logits
+        ours = gen_ours.mlm(ids, attention_mask=att, **ours_kw).logits
+        theirs = hf_gen(ids, attention_mask=att, **theirs_kw).logits
         worst = max(worst, (ours - theirs)[att.bool()].abs().max().item())
         if disc_ours is not None:
-            hf_disc = AutoModelForPreTraining.from_pretrained(out / "discriminator").eval()
+            hf_disc = load_discriminator(out / "discriminator")
             base = None
             if disc_ours.gdes:
-                emb = gen_ours.mlm.electra.embeddings
-                base = emb.word_embeddings(ids) + emb.position_embeddings(torch.arange(length)[None, :])
+                emb = gen_ours.backbone.embeddings
+                base = emb.word_embeddings(ids) + emb.position_embeddings(pos)
             ours = disc_ours.pt.discriminator_predictions(disc_ours.encode(ids, att, tt, base))
-            theirs = hf_disc(ids, attention_mask=att, token_type_ids=tt).logits
+            theirs = hf_disc(ids, attention_mask=att, **theirs_kw).logits
             worst = max(worst, (ours - theirs)[att.bool()].abs().max().item())
     if worst > 1e-5:
         raise GptDsError(f"export {out}: reloaded models differ from gpt_ds's by {worst:.3g} (> 1e-5)")

@@ -30,10 +30,17 @@ def _fmt(x, digits=4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, (int, float)) else "n/a"
 
 
+# model.arch=mpnet: the same roles as stock MPNet classes; the discriminator folder holds the encoder, its RTD head
+# beside it in rtd_head.safetensors (transformers has no MPNet pretraining-head class)
+MPNET_CLASS = {"discriminator": "MPNetModel", "generator": "MPNetForMaskedLM", "mlm": "MPNetForMaskedLM"}
+
+
 def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
     step, m = state["step"], cfg.model
     role = "mlm" if cfg.objective.kind == "mlm" else part
     cls, what = ROLE[role]
+    if m.arch == "mpnet":
+        cls = MPNET_CLASS[role]
     tokens = step * cfg.train.global_batch * cfg.data.seq_len
     metrics = last_metrics(run_dir, step)
     size = (generator_sizes(m) if role == "generator" else
@@ -43,8 +50,8 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
     lines = [
         "---",
         "library_name: transformers",
-        f"pipeline_tag: {'fill-mask' if cls == 'ElectraForMaskedLM' else 'feature-extraction'}",
-        "tags: [electra, gpt_ds]",
+        f"pipeline_tag: {'fill-mask' if cls.endswith('ForMaskedLM') else 'feature-extraction'}",
+        f"tags: [{'electra' if cfg.objective.kind == 'electra' else 'mlm'}, {m.arch}, gpt_ds]",
         "---",
         "",
         f"# {cfg.run.name} — {part} ({cls})",
@@ -64,8 +71,10 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
                else "") + ")"
             if cfg.objective.kind == "electra" else "") + f"; mask probability {cfg.objective.mask_prob}.",
         f"- Encoder: {size['num_layers']} layers, hidden {size['hidden_size']}, {size['num_heads']} heads, "
-        f"intermediate {size['intermediate_size']}, embeddings {m.embedding_size}, {m.max_position_embeddings} positions, vocabulary "
-        f"{state.get('vocab_size')}.",
+        f"intermediate {size['intermediate_size']}, "
+        + (f"embeddings {m.embedding_size}" if m.arch == "electra" else
+           f"MPNet's learned relative-position bias (started {m.relative_bias_init})")
+        + f", {m.max_position_embeddings} positions, vocabulary {state.get('vocab_size')}.",
         f"- Data: {sources}; sequences of {cfg.data.seq_len} tokens.",
         f"- Steps: {step} of {cfg.train.max_steps}, global batch {cfg.train.global_batch} -> {tokens:,} tokens seen; "
         f"{_fmt(run_flops(cfg, step, state.get('vocab_size')), 3)} training FLOPs (both towers, as gpt_ds counts "
@@ -101,7 +110,9 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
         "```",
         "",
         f"The tokenizer in this folder stops at {m.max_position_embeddings} tokens (`model_max_length`); weights are "
-        "safetensors; no custom code (stock transformers ELECTRA classes).",
+        f"safetensors; no custom code (stock transformers {'MPNet' if m.arch == 'mpnet' else 'ELECTRA'} classes)."
+        + (" MPNet counts positions past id 1, which is [UNK] in this tokenizer: a text's positions after an [UNK] "
+           "are one lower than in pretraining." if m.arch == "mpnet" else ""),
         "",
     ]
     return "\n".join(lines)

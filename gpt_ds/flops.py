@@ -33,7 +33,8 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     L = cfg.data.seq_len
     tokens = cfg.train.global_batch * L
     masked = int((o.mask_prob + 0.005) * L) * cfg.train.global_batch
-    e = m.embedding_size
+    # MPNet has no embedding projection: its LM head is dense H x H then the output layer, i.e. "embedding" = hidden
+    e = m.hidden_size if m.arch == "mpnet" else m.embedding_size
     if o.kind == "mlm":
         gen = (encoder_forward_flops(tokens, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
                + masked * 2 * (m.hidden_size * e + e * v))

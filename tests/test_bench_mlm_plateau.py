@@ -70,32 +70,6 @@ def test_a_copier_is_near_zero_where_visible_and_at_word_frequencies_at_mask():
     assert "visible" not in none  # nothing left visible: no group to report
 
 
-def test_local_bias_follows_mpnets_buckets_and_favours_near_positions():
-    """--local-bias: every relative distance gets about -slope * distance through MPNet's own bucketing (exact for
-    near distances, never more than one bucket's span too small far away), the same both ways; so a softmax over
-    the bias alone puts most weight within a few positions."""
-    from transformers import MPNetConfig
-    from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
-
-    cfg = MPNetConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    enc = MPNetEncoder(cfg)
-    plateau.local_bias_(enc.relative_attention_bias, slopes=(1.0, 0.25))
-    x = torch.zeros(1, 128, 16)
-    bias = enc.compute_position_bias(x)[0]  # (heads, L, L), through MPNet's own bucketing
-    i, j = torch.arange(128)[:, None], torch.arange(128)[None, :]
-    dist = (i - j).abs().float()
-    for h, slope in enumerate((1.0, 0.25)):
-        near = dist < 8
-        assert torch.allclose(bias[h][near], -slope * dist[near])
-        far = ~near
-        assert (bias[h][far] >= -slope * dist[far] - 1e-4).all()  # a bucket stands for its smallest distance
-        assert (bias[h][far] <= -slope * 8 + 1e-4).all()
-        assert torch.equal(bias[h], bias[h].T)  # both directions alike
-    probs = bias.softmax(-1)
-    assert probs[0][dist <= 2].sum() / 128 > 0.9  # slope 1: nearly all weight within two positions
-    assert probs[1][dist <= 8].sum() / 128 > 0.6
-
-
 def test_mpnet_arch_gets_explicit_positions_so_unk_is_not_padding():
     """MPNet counts positions past pad id 1; gpt_ds's tokenizers put [UNK] there, so the bench passes positions."""
     from types import SimpleNamespace as NS

@@ -1,15 +1,43 @@
-"""The discriminator: an ELECTRA encoder + replaced-token-detection head over the non-padding tokens."""
+"""The discriminator: an encoder (stock ELECTRA or MPNet) + replaced-token-detection head over the non-padding
+tokens."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import ElectraConfig, ElectraForPreTraining
-from transformers.models.electra.modeling_electra import ElectraGeneratorPredictions
+from transformers import ElectraConfig, ElectraForPreTraining, MPNetConfig, MPNetModel
+from transformers.models.electra.modeling_electra import ElectraDiscriminatorPredictions, ElectraGeneratorPredictions
 
 from gpt_ds.kernels import discriminator_head, encoder_fast_paths
 from gpt_ds.kernels.encoder import install_fast_paths, zero3_external_parameters
+from gpt_ds.model.generator import mpnet_positions
+
+
+class MPNetForReplacedTokenDetection(nn.Module):
+    """MPNet has no pretraining-head class in transformers: its encoder and ELECTRA's RTD head (dense, activation,
+    one logit), under ElectraForPreTraining's attribute names so the head is found the same way for either. The
+    export hands over the encoder (MPNetModel) and keeps the head beside it (gpt_ds.export)."""
+
+    def __init__(self, config: MPNetConfig):
+        super().__init__()
+        self.config = config
+        self.mpnet = MPNetModel(config, add_pooling_layer=False)
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        for m in self.discriminator_predictions.modules():  # ELECTRA's init of the head
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=config.initializer_range)
+                nn.init.zeros_(m.bias)
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        self.mpnet.activation_checkpointing_enable(**kwargs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> SimpleNamespace:
+        """As ElectraForPreTraining's logits (B, L): evaluation of an export (training calls the parts)."""
+        hidden = self.mpnet(input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        return SimpleNamespace(logits=self.discriminator_predictions(hidden))
 
 
 class DiscriminatorOutput(NamedTuple):
@@ -50,12 +78,13 @@ def sequence_contrastive_loss(views: torch.Tensor, corrupted: torch.Tensor, temp
 
 
 class Discriminator(nn.Module):
-    def __init__(self, config: ElectraConfig, *, kernels: str = "auto", gdes: bool = False,
+    def __init__(self, config: ElectraConfig | MPNetConfig, *, kernels: str = "auto", gdes: bool = False,
                  fast_encoder: bool | None = None, corrective_lm: bool = False):
         super().__init__()
+        self.mpnet = isinstance(config, MPNetConfig)
         # `pt` (for ElectraForPreTraining) prefixes every parameter name in the checkpoints: renaming it breaks resume
-        self.pt = ElectraForPreTraining(config)
-        if fast_encoder if fast_encoder is not None else encoder_fast_paths(kernels, "auto"):
+        self.pt = MPNetForReplacedTokenDetection(config) if self.mpnet else ElectraForPreTraining(config)
+        if not self.mpnet and (fast_encoder if fast_encoder is not None else encoder_fast_paths(kernels, "auto")):
             install_fast_paths(self.pt)
         self.kernels = kernels
         self.gdes = gdes
@@ -64,9 +93,14 @@ class Discriminator(nn.Module):
             self.corrective = corrective_head(config)
         if gdes:
             # Under GDES these tables hold only the delta E_delta, initialised to zero (DeBERTa-v3).
-            emb = self.pt.electra.embeddings
+            emb = self.backbone.embeddings
             nn.init.zeros_(emb.word_embeddings.weight)
             nn.init.zeros_(emb.position_embeddings.weight)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder without its head (ElectraModel / MPNetModel): what the export hands downstream."""
+        return self.pt.mpnet if self.mpnet else self.pt.electra
 
     def register_zero3_external_parameters(self) -> None:
         from deepspeed.runtime.zero.partition_parameters import register_external_parameter
@@ -78,9 +112,16 @@ class Discriminator(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                base_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gdes and base_embeds is None:
+            raise ValueError("GDES discriminator needs the generator's embeddings (base_embeds)")
+        if self.mpnet:
+            pos = mpnet_positions(input_ids)
+            if self.gdes:  # as below; MPNet adds its delta position table itself from pos
+                inputs_embeds = base_embeds + self.pt.mpnet.embeddings.word_embeddings(input_ids)
+                return self.pt.mpnet(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                     position_ids=pos).last_hidden_state
+            return self.pt.mpnet(input_ids, attention_mask=attention_mask, position_ids=pos).last_hidden_state
         if self.gdes:
-            if base_embeds is None:
-                raise ValueError("GDES discriminator needs the generator's embeddings (base_embeds)")
             # word: E_G + delta; position: P_G (in base) + the delta table HF adds itself.
             inputs_embeds = base_embeds + self.pt.electra.embeddings.word_embeddings(input_ids)
             return self.pt.electra(inputs_embeds=inputs_embeds, attention_mask=attention_mask,

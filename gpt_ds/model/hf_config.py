@@ -1,15 +1,30 @@
-"""gpt_ds model sizes -> transformers ElectraConfig, so every tower is a stock ELECTRA module and exports as one."""
+"""gpt_ds model sizes -> a transformers ElectraConfig or MPNetConfig (model.arch), so every tower is a stock module and
+exports as one."""
 from __future__ import annotations
 
-from transformers import ElectraConfig
+from transformers import ElectraConfig, MPNetConfig
 
 from gpt_ds.config import Config
 from gpt_ds.model.sizes import generator_sizes
 
 
-def _electra_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,
-                    ffn: int, tied: bool = True) -> ElectraConfig:
+# MPNet's embeddings hard-code padding index 1 (positions count from 2, the word row 1 stays zero); gpt_ds's tokenizers
+# put [PAD] at 0 and [UNK] at 1, so the towers are given positions MPNET_FIRST_POSITION.. explicitly, which is what
+# MPNet's own rule gives every text without [UNK] (docs/architecture.md)
+MPNET_PADDING_IDX = 1
+MPNET_FIRST_POSITION = MPNET_PADDING_IDX + 1
+
+
+def _tower_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,
+                    ffn: int, tied: bool = True) -> ElectraConfig | MPNetConfig:
     m = cfg.model
+    if m.arch == "mpnet":
+        return MPNetConfig(tie_word_embeddings=tied,
+            vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=ffn, hidden_act=m.activation, hidden_dropout_prob=m.hidden_dropout,
+            attention_probs_dropout_prob=m.attention_dropout,
+            max_position_embeddings=m.max_position_embeddings + MPNET_FIRST_POSITION, pad_token_id=pad_id,
+            initializer_range=m.initializer_range, layer_norm_eps=1e-12)
     return ElectraConfig(tie_word_embeddings=tied,
         vocab_size=vocab_size, embedding_size=m.embedding_size, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, intermediate_size=ffn, hidden_act=m.activation,
@@ -20,15 +35,15 @@ def _electra_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, laye
 
 def discriminator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig:
     m = cfg.model
-    return _electra_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size)
+    return _tower_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size)
 
 
 def generator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig:
     """ELECTRA's small generator; the MLM baseline uses the discriminator's full size instead."""
     m = cfg.model
     if cfg.objective.kind == "mlm":
-        return _electra_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads,
+        return _tower_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads,
                                m.intermediate_size, m.tie_output_embeddings)
     g = generator_sizes(m)
-    return _electra_config(cfg, vocab_size, pad_id, g["hidden_size"], g["num_layers"], g["num_heads"],
+    return _tower_config(cfg, vocab_size, pad_id, g["hidden_size"], g["num_layers"], g["num_heads"],
                            g["intermediate_size"], m.tie_output_embeddings)

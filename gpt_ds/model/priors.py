@@ -43,7 +43,7 @@ def replaced_log_odds(mask_prob: float) -> float:
 @torch.no_grad()
 def init_output_priors(generator, discriminator, unigram_logp: torch.Tensor, mask_prob: float) -> None:
     """generator: gpt_ds.model.Generator; discriminator: gpt_ds.model.Discriminator or None (MLM baseline)."""
-    bias = generator.mlm.generator_lm_head.bias
+    bias = generator.output_bias
     bias.copy_(unigram_logp.to(bias.dtype) - unigram_logp.mean())
     if discriminator is not None:
         discriminator.pt.discriminator_predictions.dense_prediction.bias.fill_(replaced_log_odds(mask_prob))

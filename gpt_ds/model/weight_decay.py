@@ -7,7 +7,7 @@ import typing
 
 import torch
 
-NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias")  # MPNet: layer_norm
 
 
 def decays(name: str) -> bool:

@@ -15,6 +15,7 @@ from gpt_ds.model.discriminator import Discriminator
 from gpt_ds.model.generator import Generator
 from gpt_ds.model.hf_config import discriminator_config, generator_config
 from gpt_ds.model.priors import init_output_priors
+from gpt_ds.model.relative_bias import local_bias_
 from gpt_ds.ds_config import resolve_ds_config, zero_stage
 from gpt_ds.model.weight_decay import param_groups
 from gpt_ds.train.schedule import make_scheduler
@@ -44,10 +45,14 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
         for tower in (gen.mlm, disc.pt if disc is not None else None):
             if tower is not None:  # non-reentrant: works with ZeRO-3's hooks and keeps dropout's RNG stream
                 tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.arch == "mpnet" and cfg.model.relative_bias_init == "local":
+        for tower in (gen, disc):
+            if tower is not None:
+                local_bias_(tower.backbone.encoder.relative_attention_bias)
     if cfg.model.position_init == "sinusoidal":
-        tables = [gen.mlm.electra.embeddings.position_embeddings.weight]
+        tables = [gen.backbone.embeddings.position_embeddings.weight]
         if disc is not None and not gdes:  # under GDES the discriminator's table is a zero delta on the generator's
-            tables.append(disc.pt.electra.embeddings.position_embeddings.weight)
+            tables.append(disc.backbone.embeddings.position_embeddings.weight)
         for w in tables:
             with torch.no_grad():
                 # about the std of the normal init

@@ -22,14 +22,16 @@ import functools
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+from transformers import (AutoTokenizer, ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining, MPNetConfig,
+                          MPNetForMaskedLM)
 
 from gpt_ds.config import Config, ConfigError
 from gpt_ds.kernels import cpu_ext
 from gpt_ds.kernels import head_impl as kernels_head_impl
 from gpt_ds.kernels.discriminator_torch import rows_per_block
 from gpt_ds.kernels.generator_torch import TILE_ROWS, tile_cols  # the chunked heads' own tiling
-from gpt_ds.model.discriminator import corrective_head
+from gpt_ds.model.discriminator import MPNetForReplacedTokenDetection, corrective_head
+from gpt_ds.model.hf_config import MPNET_FIRST_POSITION
 from gpt_ds.model.sizes import generator_sizes, scl_view_rows
 from gpt_ds.model.weight_decay import decays
 
@@ -75,7 +77,14 @@ def vocab_size(cfg: Config, default: int | None = None) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, ffn: int, pos: int,
-                tied: bool = True, corrective: bool = False) -> tuple:
+                tied: bool = True, corrective: bool = False, arch: str = "electra") -> tuple:
+    if arch == "mpnet":
+        conf = MPNetConfig(vocab_size=vocab, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=ffn, max_position_embeddings=pos + MPNET_FIRST_POSITION,
+                           tie_word_embeddings=tied)
+        with torch.device("meta"):
+            model = (MPNetForMaskedLM if kind == "generator" else MPNetForReplacedTokenDetection)(conf)
+        return _counts(model)
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
                          tie_word_embeddings=tied)
@@ -83,6 +92,10 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
         model = (ElectraForMaskedLM if kind == "generator" else ElectraForPreTraining)(conf)
         if corrective:  # the discriminator's corrective LM head (objective.disc_mlm_weight > 0)
             model.corrective = corrective_head(conf)
+    return _counts(model)
+
+
+def _counts(model: torch.nn.Module) -> tuple:
     decay, no_decay = [], []
     for name, p in model.named_parameters():  # tied weights appear once, as DeepSpeed sees them
         (decay if decays(name) else no_decay).append(p.numel())
@@ -106,7 +119,8 @@ def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
     for name, h, layers, heads, ffn in specs:
         decay, no_decay, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn,
                                                m.max_position_embeddings, m.tie_output_embeddings,
-                                               name == "discriminator" and cfg.objective.disc_mlm_weight > 0)
+                                               name == "discriminator" and cfg.objective.disc_mlm_weight > 0,
+                                               m.arch)
         out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, (decay, no_decay), largest,
                          max(decay + no_decay)))
     return out
