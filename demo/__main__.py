@@ -17,6 +17,7 @@ import torch
 RUN = Path(os.environ.get("GPT_DS_DEMO_DIR", "runs/demo"))
 HELD_OUT = 40  # articles kept out of training for the evaluation
 STEPS = int(os.environ.get("GPT_DS_DEMO_STEPS", "400"))
+PRESET = os.environ.get("GPT_DS_DEMO_PRESET", "tiny")  # tiny-mpnet: MPNet towers (docs/results.md §8.13)
 # The downstream check: the exported discriminator and a random-init twin fine-tuned on human-labeled sentences.
 TASK = os.environ.get("GPT_DS_DEMO_TASK", "question-type")
 FT_SEEDS = int(os.environ.get("GPT_DS_DEMO_FT_SEEDS", "3"))
@@ -81,7 +82,9 @@ def curve(run_dir: Path) -> None:
 
 
 def show_examples(export_dir: Path, held_texts: list[str]) -> None:
-    from transformers import AutoModelForPreTraining, AutoTokenizer, pipeline
+    from transformers import AutoTokenizer, pipeline
+
+    from gpt_ds.export import load_discriminator
     fill = pipeline("fill-mask", model=str(export_dir / "generator"), tokenizer=str(export_dir / "generator"))
     tok = AutoTokenizer.from_pretrained(export_dir / "discriminator")
     print("\nfill-mask on held-out sentences (exported generator, pipeline('fill-mask')):")
@@ -99,12 +102,12 @@ def show_examples(export_dir: Path, held_texts: list[str]) -> None:
         shown += 1
         if shown == 4:
             break
-    disc = AutoModelForPreTraining.from_pretrained(export_dir / "discriminator").eval()
+    disc = load_discriminator(export_dir / "discriminator")  # ELECTRA's or MPNet's, with its RTD head
     original = "The government said on Tuesday that the new law would help families pay for their homes ."
     corrupted = "The government said on Tuesday that the new law would help elephants pay for their homes ."
     enc = tok(corrupted, return_tensors="pt")
     with torch.no_grad():
-        prob = torch.sigmoid(disc(**enc).logits[0])
+        prob = torch.sigmoid(disc(enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0])
     print(f"\ndiscriminator verdicts (P(replaced)) on a corrupted sentence; original: {original!r}")
     toks = tok.convert_ids_to_tokens(enc["input_ids"][0])
     print("  " + " ".join(f"{t}:{p:.2f}" + ("*" if p > 0.5 else "") for t, p in zip(toks[1:-1], prob[1:-1])))
@@ -150,7 +153,7 @@ def main() -> int:
     for stale in ("checkpoints", "metrics.jsonl", "tb", "config.yaml", "export"):
         path = RUN / stale
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    gpt_ds("pretrain", "tiny", f"run.dir={RUN}", f"data.sources=[{store}]", f"data.tokenizer={tok_dir}",
+    gpt_ds("pretrain", PRESET, f"run.dir={RUN}", f"data.sources=[{store}]", f"data.tokenizer={tok_dir}",
            f"train.max_steps={STEPS}", "logging.progress_bar=false", "logging.every=20", "--nproc", "2")
     export_dir = RUN / "export"
     gpt_ds("export", str(RUN), "--out", str(export_dir), "--verify")

@@ -317,5 +317,6 @@ def test_roberta_style_position_tables_lose_their_offset():
     from transformers import ElectraConfig, MPNetConfig, RobertaConfig
     from gpt_ds.finetune.run import usable_positions
     assert usable_positions(MPNetConfig(max_position_embeddings=130, pad_token_id=1)) == 128
+    assert usable_positions(MPNetConfig(max_position_embeddings=130, pad_token_id=0)) == 128  # MPNet: index 1 always
     assert usable_positions(RobertaConfig(max_position_embeddings=514, pad_token_id=1)) == 512
     assert usable_positions(ElectraConfig(max_position_embeddings=128, pad_token_id=0)) == 128

@@ -150,3 +150,18 @@ def test_a_two_rank_zero3_run_exports_folders_transformers_and_finetune_use(tmp_
     res = json.loads(gpt_ds("finetune", out / "discriminator", "--train", data, "--test", data, "--seeds", "1",
                             "--epochs", "1", "--no-save").stdout.strip().splitlines()[-1])
     assert 0 <= res["median"]["test"]["accuracy"] <= 1
+
+
+def test_random_init_twin_of_a_gpt_ds_mpnet_starts_its_bias_local_too():
+    """`gpt-ds finetune --random-init` on a gpt_ds MPNet export: the control starts as gpt_ds's pretraining did."""
+    from gpt_ds.finetune.run import build_model, usable_positions
+    from gpt_ds.model.hf_config import discriminator_config
+    cfg = mpnet_cfg()
+    expected = torch.nn.Embedding(32, 2)
+    local_bias_(expected)
+    for init, local in (("local", True), ("normal", False)):
+        conf = discriminator_config(load_config("tiny-mpnet", [*SMALL, f"model.relative_bias_init={init}"]), V, 0)
+        conf.num_labels = 3
+        bias = build_model(None, conf, random_init=True).base_model.encoder.relative_attention_bias.weight
+        assert torch.equal(bias, expected.weight) == local
+    assert usable_positions(discriminator_config(cfg, V, 0)) == cfg.model.max_position_embeddings

@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 from gpt_ds.errors import GptDsError
 from gpt_ds.finetune.data import SPLITS, Task, encode, load_task, load_tokenizer
 from gpt_ds.finetune.metrics import METRICS, classification_metrics, median_over_seeds
+from gpt_ds.model.relative_bias import local_bias_
 from gpt_ds.model.weight_decay import depth_groups
 from gpt_ds.train.schedule import make_scheduler
 
@@ -118,8 +119,11 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-te
 def usable_positions(config) -> int:
     """How many tokens one sequence may hold: the position table's rows, less RoBERTa-style offsets."""
     positions = getattr(config, "max_position_embeddings", 512)
-    if getattr(config, "model_type", "") in OFFSET_POSITIONS:
-        positions -= (config.pad_token_id if config.pad_token_id is not None else 1) + 1
+    kind = getattr(config, "model_type", "")
+    if kind in OFFSET_POSITIONS:
+        # MPNet's embeddings use padding index 1 whatever config.pad_token_id says (gpt_ds's MPNet exports: 0)
+        pad = 1 if kind == "mpnet" or config.pad_token_id is None else config.pad_token_id
+        positions -= pad + 1
     return positions
 
 
@@ -129,7 +133,10 @@ def build_model(model_dir: Path, config, random_init: bool):
     hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected; checked below instead
     try:
         if random_init:
-            return AutoModelForSequenceClassification.from_config(config)
+            model = AutoModelForSequenceClassification.from_config(config)
+            if getattr(config, "relative_bias_init", None) == "local":  # a gpt_ds MPNet: its twin starts as it did
+                local_bias_(model.base_model.encoder.relative_attention_bias)
+            return model
         model, info = AutoModelForSequenceClassification.from_pretrained(str(model_dir), config=config,
                                                                          output_loading_info=True)
     except ValueError as e:

@@ -24,7 +24,9 @@ def _tower_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers
             intermediate_size=ffn, hidden_act=m.activation, hidden_dropout_prob=m.hidden_dropout,
             attention_probs_dropout_prob=m.attention_dropout,
             max_position_embeddings=m.max_position_embeddings + MPNET_FIRST_POSITION, pad_token_id=pad_id,
-            initializer_range=m.initializer_range, layer_norm_eps=1e-12)
+            initializer_range=m.initializer_range, layer_norm_eps=1e-12,
+            # kept in config.json: `gpt-ds finetune --random-init` starts its twin's bias the same way
+            relative_bias_init=m.relative_bias_init)
     return ElectraConfig(tie_word_embeddings=tied,
         vocab_size=vocab_size, embedding_size=m.embedding_size, hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, intermediate_size=ffn, hidden_act=m.activation,
