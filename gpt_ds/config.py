@@ -400,9 +400,6 @@ def validate(cfg: Config) -> None:
                             "embedding projection) GDES shares the word table, so the generator needs the "
                             "discriminator's width; set it to 1 and make the generator smaller with "
                             "model.generator_layers (as DeBERTa-v3 does), or objective.embedding_sharing=none")
-        if o.disc_mlm_weight > 0:
-            problems.append("objective.disc_mlm_weight > 0 (the corrective LM) is not built for model.arch=mpnet "
-                            "yet; set it to 0")
         if t.activation_checkpointing:
             problems.append("train.activation_checkpointing: transformers' MPNet does not support it; set it false "
                             "or use model.arch=electra")

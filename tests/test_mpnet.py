@@ -27,7 +27,6 @@ def test_config_refuses_what_mpnet_towers_cannot_do():
     cfg = load_config("tiny-mpnet", [])
     assert cfg.model.arch == "mpnet" and cfg.model.generator_hidden_ratio == 1 and cfg.model.generator_layers == 2
     for override, named in (("model.generator_hidden_ratio=0.5", "model.generator_layers"),
-                            ("objective.disc_mlm_weight=1", "objective.disc_mlm_weight"),
                             ("data.two_segments=true", "data.two_segments"),
                             ("train.activation_checkpointing=true", "train.activation_checkpointing")):
         with pytest.raises(ConfigError, match=named):
@@ -107,11 +106,13 @@ def test_towers_match_plain_mpnet_and_gdes_merges_into_a_stock_encoder():
 def test_estimator_counts_the_towers_the_engines_build():
     from gpt_ds.train.engines import build_models
     from gpt_ds.zero.sizes import towers
-    cfg = mpnet_cfg()
-    gen, disc = build_models(cfg, V, SPECIALS["pad"], seed=0)
-    counted = {t.name: t.params for t in towers(cfg, V)}
-    assert counted == {"generator": sum(p.numel() for p in gen.parameters()),
-                       "discriminator": sum(p.numel() for p in disc.parameters())}
+    for corrective in ("0", "1"):  # the corrective LM's head (at the hidden width) counted when it is on
+        cfg = mpnet_cfg(f"objective.disc_mlm_weight={corrective}")
+        gen, disc = build_models(cfg, V, SPECIALS["pad"], seed=0)
+        counted = {t.name: t.params for t in towers(cfg, V)}
+        assert counted == {"generator": sum(p.numel() for p in gen.parameters()),
+                           "discriminator": sum(p.numel() for p in disc.parameters())}
+        assert (disc.corrective is not None) == (corrective == "1")
 
 
 def test_a_two_rank_zero3_run_exports_folders_transformers_and_finetune_use(tmp_path):

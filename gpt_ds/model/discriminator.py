@@ -49,9 +49,14 @@ class DiscriminatorOutput(NamedTuple):
     scl_correct: torch.Tensor | None = None  # how many of both directions' picks were the twin
 
 
-def corrective_head(config: ElectraConfig) -> nn.ModuleDict:
+def corrective_head(config: ElectraConfig | MPNetConfig) -> nn.ModuleDict:
     """The corrective LM's head: the generator's (dense to the embedding width, GELU, LayerNorm), then its own V-way
-    output. Stock modules, so the weight-decay rule and the estimator see the names they know."""
+    output. Stock modules, so the weight-decay rule and the estimator see the names they know. MPNet has no embedding
+    width: its head stays at the hidden width, as MPNet's own LM head does."""
+    if isinstance(config, MPNetConfig):
+        config = ElectraConfig(embedding_size=config.hidden_size, hidden_size=config.hidden_size,
+                               hidden_act=config.hidden_act, layer_norm_eps=config.layer_norm_eps,
+                               vocab_size=config.vocab_size, initializer_range=config.initializer_range)
     head = nn.ModuleDict({"predictions": ElectraGeneratorPredictions(config),
                           "out": nn.Linear(config.embedding_size, config.vocab_size)})
     for m in head.modules():

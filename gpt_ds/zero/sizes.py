@@ -84,6 +84,8 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
                            tie_word_embeddings=tied)
         with torch.device("meta"):
             model = (MPNetForMaskedLM if kind == "generator" else MPNetForReplacedTokenDetection)(conf)
+            if corrective:
+                model.corrective = corrective_head(conf)
         return _counts(model)
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
