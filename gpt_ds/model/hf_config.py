@@ -10,13 +10,13 @@ from gpt_ds.model.sizes import generator_sizes
 
 # MPNet's embeddings hard-code padding index 1 (positions count from 2, the word row 1 stays zero); gpt_ds's tokenizers
 # put [PAD] at 0 and [UNK] at 1, so the towers are given positions MPNET_FIRST_POSITION.. explicitly, which is what
-# MPNet's own rule gives every text without [UNK] (docs/architecture.md)
+# MPNet's own rule gives every text without [UNK] (docs/configuration.md, model.arch)
 MPNET_PADDING_IDX = 1
 MPNET_FIRST_POSITION = MPNET_PADDING_IDX + 1
 
 
 def _tower_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,
-                    ffn: int, tied: bool = True) -> ElectraConfig | MPNetConfig:
+                  ffn: int, tied: bool = True) -> ElectraConfig | MPNetConfig:
     m = cfg.model
     if m.arch == "mpnet":
         return MPNetConfig(tie_word_embeddings=tied,
