@@ -166,3 +166,15 @@ def test_random_init_twin_of_a_gpt_ds_mpnet_starts_its_bias_local_too():
         bias = build_model(None, conf, random_init=True).base_model.encoder.relative_attention_bias.weight
         assert torch.equal(bias, expected.weight) == local
     assert usable_positions(discriminator_config(cfg, V, 0)) == cfg.model.max_position_embeddings
+
+
+def test_estimate_never_recommends_what_the_config_refuses_for_mpnet():
+    """transformers' MPNet has no activation checkpointing: the estimator weighs only options without it, and its
+    recommendation loads as a valid config."""
+    from gpt_ds.zero.estimate import OPTIONS, estimate, parse_bytes
+    cfg = load_config("tiny-mpnet", ["model.vocab_size=8000"])
+    est = estimate(cfg, 1, 1, parse_bytes("80GB"))
+    assert len(est["options"]) == len(OPTIONS) and not any(r["activation_checkpointing"] for r in est["options"])
+    rec = est["recommended"]
+    load_config("tiny-mpnet", ["model.vocab_size=8000", f"deepspeed.generator={rec['preset']}",
+                               f"train.activation_checkpointing={str(rec['activation_checkpointing']).lower()}"])

@@ -52,8 +52,10 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
     flops = step_flops(cfg, v)
     compute_s = flops["total"] / (world * peak_tflops * 1e12 * mfu)
     rows = []
+    # transformers' MPNet has no activation checkpointing (the config refuses it): never recommend it there
+    checkpointing = (False,) if cfg.model.arch == "mpnet" else (False, True)
     for opt in OPTIONS:
-        for ckpt in (False, True):
+        for ckpt in checkpointing:
             rows.append(_option_row(cfg, tws, opt, ckpt, prec, act, world, gpus_per_node, layout, gpu_mem * headroom,
                                     flash, compute_s, comm_gbs, pcie_gbs, on_gpu))
     order = {o.label: i for i, o in enumerate(OPTIONS)}  # equal times: the simpler option first
