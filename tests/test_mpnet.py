@@ -178,3 +178,16 @@ def test_estimate_never_recommends_what_the_config_refuses_for_mpnet():
     rec = est["recommended"]
     load_config("tiny-mpnet", ["model.vocab_size=8000", f"deepspeed.generator={rec['preset']}",
                                f"train.activation_checkpointing={str(rec['activation_checkpointing']).lower()}"])
+
+
+def test_a_resume_into_another_backbone_is_refused_by_name():
+    """model.arch is what the checkpoint holds; a checkpoint from before the key was ELECTRA. The bias's start is
+    init only."""
+    from gpt_ds.checkpoint.compat import model_differences
+    electra = load_config("tiny", []).to_dict()
+    assert "model.arch: 'electra' -> 'mpnet'" in model_differences(electra, load_config("tiny-mpnet", []))
+    del electra["model"]["arch"]
+    assert "model.arch: 'electra' -> 'mpnet'" in model_differences(electra, load_config("tiny-mpnet", []))
+    assert model_differences(electra, load_config("tiny", [])) == []
+    mp = load_config("tiny-mpnet", []).to_dict()
+    assert model_differences(mp, load_config("tiny-mpnet", ["model.relative_bias_init=normal"])) == []

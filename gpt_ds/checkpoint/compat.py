@@ -14,7 +14,9 @@ from gpt_ds.errors import GptDsError
 
 # Model keys that do not change what a checkpoint holds: a resume may change them.
 RESUMABLE_MODEL_KEYS = ("kernels", "encoder_kernels", "hidden_dropout", "attention_dropout", "position_init",
-                        "init_output_priors", "initializer_range")
+                        "init_output_priors", "initializer_range", "relative_bias_init")
+# Keys a checkpoint from before them did not record, and the value it was trained with
+ADDED_MODEL_KEYS = {"arch": "electra"}
 
 
 def model_differences(saved: dict, cfg: Config) -> list[str]:
@@ -25,6 +27,8 @@ def model_differences(saved: dict, cfg: Config) -> list[str]:
     out = []
     for sec, keys in (("model", None), ("objective", ("kind", "embedding_sharing"))):
         old_sec = saved.get(sec, {})
+        if sec == "model":
+            old_sec = {**ADDED_MODEL_KEYS, **old_sec}
         for k, v in new[sec].items():
             if (keys is None and k in RESUMABLE_MODEL_KEYS + ("vocab_size",)) or (keys is not None and k not in keys):
                 continue
