@@ -23,13 +23,16 @@ from pathlib import Path
 import torch
 
 from gpt_ds.export import load_discriminator
+from gpt_ds.model.hf_config import usable_positions
 from gpt_ds.model.priors import smoothed_log_frequencies
 
 
 def corrupt(texts: list[str], tokenizer, generator, temperature: float, *, mask_prob: float = 0.15,
-            max_length: int = 128, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(corrupted ids, replaced labels) per text; [CLS]/[SEP] are never picked."""
+            max_length: int | None = None, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(corrupted ids, replaced labels) per text, at most max_length tokens (default: what the generator's positions
+    allow); [CLS]/[SEP] are never picked."""
     g = torch.Generator().manual_seed(seed)
+    max_length = max_length or usable_positions(generator.config)
     out = []
     for text in texts:
         ids = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")["input_ids"]
@@ -140,7 +143,7 @@ def order_sensitivity(generator_dir: Path, texts: list[str], *, masks: int = 10,
     hits = hits_shuffled = n = 0
     kl, nll, nll_shuffled, nll_unigram = [], [], [], []
     for text in texts:
-        ids = tok(text, truncation=True, max_length=model.config.max_position_embeddings,
+        ids = tok(text, truncation=True, max_length=usable_positions(model.config),  # MPNet's table holds 2 more
                   return_tensors="pt")["input_ids"]
         length = ids.shape[1]
         if length < masks + 4:

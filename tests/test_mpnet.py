@@ -142,6 +142,12 @@ def test_a_two_rank_zero3_run_exports_folders_transformers_and_finetune_use(tmp_
                                                      ).logits.shape == batch["input_ids"].shape
     fill = pipeline("fill-mask", model=str(out / "generator"))
     assert len(fill(f"The president said the {fill.tokenizer.mask_token} is growing.", top_k=3)) == 3
+    # the evaluation the demo prints, on a text longer than the positions (MPNet's table holds 2 more rows than it
+    # may use: truncating at the table's size indexed past it)
+    from gpt_ds.evaluate import order_sensitivity, rtd_report
+    long_text = " ".join(["the economy is growing and the president said so"] * 40)
+    assert order_sensitivity(out / "generator", [long_text], fit_texts=[long_text])["masked_tokens"] == 10
+    assert 0 <= rtd_report(out, [long_text], [long_text], 1.0)["auc"] <= 1
     (out / "discriminator" / "rtd_head.safetensors").unlink()
     with pytest.raises(Exception, match="rtd_head.safetensors: missing"):
         load_discriminator(out / "discriminator")

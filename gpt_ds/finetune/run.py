@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 from gpt_ds.errors import GptDsError
 from gpt_ds.finetune.data import SPLITS, Task, encode, load_task, load_tokenizer
 from gpt_ds.finetune.metrics import METRICS, classification_metrics, median_over_seeds
+from gpt_ds.model.hf_config import usable_positions
 from gpt_ds.model.relative_bias import local_bias_
 from gpt_ds.model.weight_decay import depth_groups
 from gpt_ds.train.schedule import make_scheduler
@@ -112,19 +113,6 @@ def load_config(model_dir: Path, label_names: list[str]):
                                       label2id={n: i for i, n in enumerate(label_names)})
 
 
-# Families that number positions from pad_token_id + 1 (RoBERTa's rule): the table holds pad_token_id + 1 fewer.
-OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm")
-
-
-def usable_positions(config) -> int:
-    """How many tokens one sequence may hold: the position table's rows, less RoBERTa-style offsets."""
-    positions = getattr(config, "max_position_embeddings", 512)
-    kind = getattr(config, "model_type", "")
-    if kind in OFFSET_POSITIONS:
-        # MPNet's embeddings use padding index 1 whatever config.pad_token_id says (gpt_ds's MPNet exports: 0)
-        pad = 1 if kind == "mpnet" or config.pad_token_id is None else config.pad_token_id
-        positions -= pad + 1
-    return positions
 
 
 def build_model(model_dir: Path, config, random_init: bool):

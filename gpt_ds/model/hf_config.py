@@ -45,7 +45,22 @@ def generator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig
     m = cfg.model
     if cfg.objective.kind == "mlm":
         return _tower_config(cfg, vocab_size, pad_id, m.hidden_size, m.num_layers, m.num_heads,
-                               m.intermediate_size, m.tie_output_embeddings)
+                             m.intermediate_size, m.tie_output_embeddings)
     g = generator_sizes(m)
     return _tower_config(cfg, vocab_size, pad_id, g["hidden_size"], g["num_layers"], g["num_heads"],
-                           g["intermediate_size"], m.tie_output_embeddings)
+                         g["intermediate_size"], m.tie_output_embeddings)
+
+
+# Families that number positions from pad_token_id + 1 (RoBERTa's rule): the table holds pad_token_id + 1 fewer.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "data2vec-text", "xmod", "roberta-prelayernorm")
+
+
+def usable_positions(config) -> int:
+    """How many tokens one sequence may hold: the position table's rows, less RoBERTa-style offsets."""
+    positions = getattr(config, "max_position_embeddings", 512)
+    kind = getattr(config, "model_type", "")
+    if kind in OFFSET_POSITIONS:
+        # MPNet's embeddings use padding index 1 whatever config.pad_token_id says (gpt_ds's MPNet exports: 0)
+        pad = 1 if kind == "mpnet" or config.pad_token_id is None else config.pad_token_id
+        positions -= pad + 1
+    return positions
