@@ -58,7 +58,6 @@ def test_local_bias_follows_mpnets_buckets_and_favours_near_positions():
 
 
 def test_towers_match_plain_mpnet_and_gdes_merges_into_a_stock_encoder():
-    from gpt_ds.export import load_discriminator  # noqa: F401  (the export path imports cleanly)
     from gpt_ds.model.discriminator import MPNetForReplacedTokenDetection
     from gpt_ds.train.engines import build_models
     cfg = mpnet_cfg()

@@ -113,8 +113,6 @@ def load_config(model_dir: Path, label_names: list[str]):
                                       label2id={n: i for i, n in enumerate(label_names)})
 
 
-
-
 def build_model(model_dir: Path, config, random_init: bool):
     """A stock AutoModelForSequenceClassification; refuses a pretrained load that leaves encoder weights missing."""
     verbosity = hf_logging.get_verbosity()
