@@ -52,11 +52,12 @@ def token_stream(store: Path) -> np.ndarray:
     return np.concatenate([np.asarray(p) for p in parts]).astype(np.int64)
 
 
-def windows(src: np.ndarray, rng: np.random.Generator, batch: int, seq_len: int, cls: int, sep: int):
-    """`batch` random windows of the stream as [CLS] ... [SEP], and 15% of the inner positions selected."""
+def windows(src: np.ndarray, rng: np.random.Generator, batch: int, seq_len: int, cls: int, sep: int,
+            mask_prob: float = 0.15):
+    """`batch` random windows of the stream as [CLS] ... [SEP], and `mask_prob` of the inner positions selected."""
     starts = rng.integers(0, len(src) - seq_len, batch)
     x = torch.from_numpy(np.stack([np.concatenate([[cls], src[s:s + seq_len - 2], [sep]]) for s in starts]))
-    sel = torch.from_numpy(rng.random(x.shape) < 0.15)
+    sel = torch.from_numpy(rng.random(x.shape) < mask_prob)
     sel[:, 0] = sel[:, -1] = False
     return x, sel
 
@@ -132,6 +133,8 @@ def main() -> int:
     ap.add_argument("--layer-decay", type=float, default=1.0,
                     help="encoder layer i learns at lr * decay ** (i + 1), as `tiny`'s optim.encoder_layer_lr_decay "
                          "(default 1: every weight at --lr)")
+    ap.add_argument("--mask-prob", type=float, default=0.15, help="share of positions masked in training "
+                    "(held-out figures always mask 15%%)")
     ap.add_argument("--local-bias", action="store_true",
                     help="with --arch mpnet: start the relative-position bias at -slope * distance")
     a = ap.parse_args()
@@ -143,6 +146,8 @@ def main() -> int:
         ap.error("--steps 0 trains nothing: give --save DIR to write the untrained model (a random-init twin)")
     if not a.model and 0 < a.steps <= a.warmup:
         ap.error(f"--steps {a.steps} must exceed --warmup {a.warmup}")
+    if not 0 < a.mask_prob < 1:
+        ap.error(f"--mask-prob {a.mask_prob} must be in (0, 1)")
     for flag, path in (("--store", a.store), ("--held-out", a.held_out)):
         if path and not (Path(path) / "manifest.json").is_file():
             ap.error(f"{flag} {path}: not a store written by `gpt-ds prepare` (make demo writes runs/demo/store)")
@@ -188,7 +193,7 @@ def main() -> int:
     evals = [windows(held, eval_rng, cfg.train.global_batch, seq_len, **ids) for _ in range(a.eval_batches)]
     curve, t0 = [], time.time()
     for step in range(1, a.steps + 1):
-        x, sel = windows(train, rng, batch, seq_len, **ids)
+        x, sel = windows(train, rng, batch, seq_len, **ids, mask_prob=a.mask_prob)
         loss = model(input_ids=x.masked_fill(sel, tok.mask_token_id), labels=x.masked_fill(~sel, -100)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -209,7 +214,7 @@ def main() -> int:
         tok.save_pretrained(a.save)
         out["saved"] = a.save
     print(json.dumps({**out, "arch": a.arch, "local_bias": a.local_bias, "layer_decay": a.layer_decay,
-                      "steps": a.steps, "lr": a.lr, "tokens_seen": a.steps * batch * seq_len,
+                      "steps": a.steps, "lr": a.lr, "mask_prob": a.mask_prob, "tokens_seen": a.steps * batch * seq_len,
                       "ce_at_mask": curve[-1]["ce_at_mask"], "unigram_ce": ce["unigram"], "curve": curve}))
     return 0
 

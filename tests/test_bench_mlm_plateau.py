@@ -48,6 +48,13 @@ def test_windows_select_inner_positions_only():
         assert not sel[:, 0].any() and not sel[:, -1].any() and sel.any()
 
 
+def test_windows_select_the_asked_share():
+    rng, stream = np.random.default_rng(1), np.arange(5, V).repeat(200)
+    shares = [plateau.windows(stream, rng, 64, 66, CLS, SEP, mask_prob=p)[1][:, 1:-1].float().mean().item()
+              for p in (0.15, 0.3)]
+    assert abs(shares[0] - 0.15) < 0.03 and abs(shares[1] - 0.3) < 0.03  # 4096 draws each: ~4 sigma
+
+
 def test_word_frequency_model_scores_the_unigram_cross_entropy():
     log_q, evals = _setup()
     ce = plateau.cross_entropies(FixedLM(log_q), evals, MASK, log_q, visible_frac=1 / 7)
