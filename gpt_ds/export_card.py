@@ -14,7 +14,9 @@ ROLE = {
     "discriminator": ("ElectraForPreTraining", "The ELECTRA discriminator: replaced-token detection on every token. "
                       "This is the encoder to fine-tune (ELECTRA's downstream model)."),
     "generator": ("ElectraForMaskedLM", "The masked-language-model generator that proposed replacements during "
-                  "pretraining; usable with `pipeline(\"fill-mask\")`."),
+                  "pretraining; usable with `pipeline(\"fill-mask\")`. Its encoder is also a model to fine-tune "
+                  "(`AutoModelForSequenceClassification` drops the LM head): after small pretraining budgets it can be "
+                  "the better of the two folders, so measure both against `--random-init`."),
     "mlm": ("ElectraForMaskedLM", "A BERT-style masked language model (`objective.kind=mlm`): the encoder to "
             "fine-tune."),
 }

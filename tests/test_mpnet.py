@@ -132,6 +132,7 @@ def test_a_two_rank_zero3_run_exports_folders_transformers_and_finetune_use(tmp_
     assert json.loads((out / "discriminator" / "config.json").read_text())["architectures"] == ["MPNetModel"]
     assert "(MPNetModel)" in (out / "discriminator" / "README.md").read_text()
     assert "(MPNetForMaskedLM)" in (out / "generator" / "README.md").read_text()
+    assert "also a model to fine-tune" in (out / "generator" / "README.md").read_text()  # results.md §8.14
     tok = AutoTokenizer.from_pretrained(out / "discriminator")
     batch = tok(["a good film", "the economy is growing fast"], return_tensors="pt", padding=True)
     assert AutoModel.from_pretrained(out / "discriminator")(**batch).last_hidden_state.shape[-1] == 64
@@ -141,6 +142,10 @@ def test_a_two_rank_zero3_run_exports_folders_transformers_and_finetune_use(tmp_
                                                      ).logits.shape == batch["input_ids"].shape
     fill = pipeline("fill-mask", model=str(out / "generator"))
     assert len(fill(f"The president said the {fill.tokenizer.mask_token} is growing.", top_k=3)) == 3
+    # the generator folder is also an encoder to fine-tune (its card says so): a classifier gets all of its weights
+    clf_enc = AutoModelForSequenceClassification.from_pretrained(out / "generator", num_labels=2).mpnet.state_dict()
+    mlm_enc = fill.model.mpnet.state_dict()
+    assert clf_enc.keys() == mlm_enc.keys() and all(torch.equal(v, mlm_enc[k]) for k, v in clf_enc.items())
     # the evaluation the demo prints, on a text longer than the positions (MPNet's table holds 2 more rows than it
     # may use: truncating at the table's size indexed past it)
     from gpt_ds.evaluate import order_sensitivity, rtd_report
