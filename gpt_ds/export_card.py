@@ -12,7 +12,8 @@ from gpt_ds.train.metrics_file import read_rows
 
 ROLE = {
     "discriminator": ("ElectraForPreTraining", "The ELECTRA discriminator: replaced-token detection on every token. "
-                      "This is the encoder to fine-tune (ELECTRA's downstream model)."),
+                      "ELECTRA's downstream model: fine-tune it (and the generator folder beside it) against "
+                      "`--random-init`."),
     "generator": ("ElectraForMaskedLM", "The masked-language-model generator that proposed replacements during "
                   "pretraining; usable with `pipeline(\"fill-mask\")`. Its encoder is also a model to fine-tune "
                   "(`AutoModelForSequenceClassification` drops the LM head): after small pretraining budgets it can be "
