@@ -17,7 +17,8 @@
    each of `--lr` and is scored at the rate its own validation split prefers (a random-init encoder wants a higher
    rate than a pretrained one; one shared rate tilts the comparison).
 4. The table per budget, a picture (`--plot`), and one JSON line last with `electra_minus_mlm` and
-   `electra_minus_random`: test accuracy points, median over seeds, averaged over tasks, at the largest budget.
+   `electra_minus_random`: test accuracy points, median over seeds, averaged over tasks, at the largest budget;
+   beside them `p`, per task, the two-sided Mann-Whitney U p-value of each gap over the fine-tuning seeds.
 
 Everything lands under --work, and each finished stage is kept: a rerun (after a crash or with more tasks) redoes
 only what is missing.
@@ -25,7 +26,7 @@ only what is missing.
     DS_ACCELERATOR=cpu .venv/bin/python bench/electra_vs_mlm.py                      # the full curve (hours here)
     ... --electra-steps 400 --budgets 0.5,1 --tasks question-type --seeds 1         # a quick look
     ... --electra-steps 1500 --budgets 1 --tasks question-type,movie-sentiment --pretrain-seeds 3 --scarce-only \
-        --lr 1e-3,3e-3 --store runs/demo/store --tokenizer runs/demo/tokenizer      # docs/results.md §8.8's protocol
+        --lr 1e-3,3e-3 --store runs/demo/store --tokenizer runs/demo/tokenizer --seeds 3  # results §8.8's protocol
 """
 from __future__ import annotations
 
@@ -133,6 +134,7 @@ def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bo
     name = ("random-init" if random_init else model.parent.name) + f"-{task}-lr{a.lr}"
     name += f"-rows{rows}" if rows else ""
     name += f"-ep{a.scarce_epochs}" if rows and a.scarce_epochs != "10" else ""  # caches from before keep their names
+    name += f"-seeds{a.seeds}" if a.seeds != 3 else ""  # three seeds was the default when caches had no seed count
     cached = work / "finetune" / f"{name}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -157,6 +159,20 @@ def add_means(row: dict, tasks: list[str], scarce: int) -> None:
 
 def test_accuracy(result: dict) -> float:
     return 100.0 * result["median"]["test"]["accuracy"]
+
+
+def seed_accuracies(result: dict) -> list[float]:
+    """Each fine-tuning seed's test accuracy at the setting the validation split chose: what a median hides."""
+    return [100.0 * s["test"]["accuracy"] for s in result["seeds"]]
+
+
+def p_value(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Mann-Whitney U on per-seed accuracies: how often seeds alone would part the two medians this far
+    (docs/results.md §8.14). None where either side has a single seed."""
+    if min(len(a), len(b)) < 2:
+        return None
+    from scipy.stats import mannwhitneyu
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
 def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str) -> None:
@@ -203,7 +219,9 @@ def main() -> int:
     ap.add_argument("--electra-steps", type=int, default=12000, help="the ELECTRA run's steps (the largest budget)")
     ap.add_argument("--budgets", default="0.125,0.25,0.5,1", help="budget points as fractions of the largest")
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=10,
+                    help="fine-tuning seeds per model and task; at 500 labels three seeds leave a median inside "
+                         "the noise (docs/results.md §8.14)")
     ap.add_argument("--pretrain-seeds", type=int, default=1,
                     help="pretraining runs per objective (the preset's seed, then run.seed=1, 2, ...); each cell is "
                          "the median over them. At small budgets one run to the next moves a cell by several points "
@@ -265,17 +283,20 @@ def main() -> int:
                 ([(t, a.scarce) for t in tasks] if a.scarce else [])
             for t, rows_ in cells:
                 key = f"{t}@{rows_}" if rows_ else t
-                row["runs"][key] = [test_accuracy(finetune(work, m, t, task_paths[t], a, rows=rows_)) for m in models]
+                results = [finetune(work, m, t, task_paths[t], a, rows=rows_) for m in models]
+                row["runs"][key] = [test_accuracy(r) for r in results]
+                row.setdefault("seed_accuracies", {})[key] = [x for r in results for x in seed_accuracies(r)]
                 row[key] = statistics.median(row["runs"][key])
             add_means(row, tasks, a.scarce)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     control = export(work, "electra", max(r["step"] for r in rows if r["objective"] == "electra"))
-    random = {} if a.scarce_only else \
-        {t: test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True)) for t in tasks}
-    if a.scarce:
-        random.update({f"{t}@{a.scarce}": test_accuracy(finetune(work, control, t, task_paths[t], a, random_init=True,
-                                                                 rows=a.scarce)) for t in tasks})
+    cells = ([] if a.scarce_only else [(t, 0) for t in tasks]) + ([(t, a.scarce) for t in tasks] if a.scarce else [])
+    random, random_seeds = {}, {}
+    for t, rows_ in cells:
+        result = finetune(work, control, t, task_paths[t], a, random_init=True, rows=rows_)
+        key = f"{t}@{rows_}" if rows_ else t
+        random[key], random_seeds[key] = test_accuracy(result), seed_accuracies(result)
     add_means(random, tasks, a.scarce)
 
     top = {k: max((r for r in rows if r["objective"] == k), key=lambda r: r["flops"]) for k in ("electra", "mlm")}
@@ -290,8 +311,15 @@ def main() -> int:
          f"fine-tuning seeds; tasks: {', '.join(tasks)}; "
          f"fine-tuning lr: the best of {a.lr} per model")
     head = f"mean@{a.scarce}" if a.scarce_only else "mean"
+    keys = [f"{t}@{a.scarce}" if a.scarce_only else t for t in tasks]
+    p = {"electra_vs_mlm": {k: p_value(top["electra"]["seed_accuracies"][k], top["mlm"]["seed_accuracies"][k])
+                            for k in keys},
+         "electra_vs_random": {k: p_value(top["electra"]["seed_accuracies"][k], random_seeds[k]) for k in keys}}
+    for what, per_task in p.items():
+        print(f"p ({what.replace('_', ' ')}, Mann-Whitney U over fine-tuning seeds): " +
+              ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in per_task.items()))
     result = {"electra_minus_mlm": top["electra"][head] - top["mlm"][head],
-              "electra_minus_random": top["electra"][head] - random[head], "labels": head,
+              "electra_minus_random": top["electra"][head] - random[head], "labels": head, "p": p,
               "largest_budget_flops": top["electra"]["flops"], "pretrain_minutes": minutes,
               "steps": {k: top[k]["step"] for k in top}, "tasks": tasks, "seeds": a.seeds,
               "pretrain_seeds": a.pretrain_seeds, "preset": a.preset,
