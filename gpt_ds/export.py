@@ -126,6 +126,11 @@ def build_hf_models(cfg: Config, state: dict, weights: dict[str, dict]):
     gen = (MPNetForMaskedLM if mpnet else ElectraForMaskedLM)(generator_config(cfg, vocab, pad))
     _load_into(gen, gen_sd, "generator")
     gen.tie_weights()
+    if mpnet and gen.lm_head.bias is not gen.lm_head.decoder.bias:
+        # untied, MPNet's head holds a second output bias its forward never reads (decoder.bias is the trained one);
+        # the folder carries the trained values under both names, so a loader that ties them reads no zeros
+        with torch.no_grad():
+            gen.lm_head.bias.copy_(gen.lm_head.decoder.bias)
     disc = None
     if cfg.objective.kind == "electra":
         disc_sd = _strip(weights["discriminator"], "pt.")

@@ -140,6 +140,9 @@ def test_a_two_rank_zero3_run_exports_folders_transformers_and_finetune_use(tmp_
         **batch).logits.shape == (2, 2)
     assert load_discriminator(out / "discriminator")(batch["input_ids"], attention_mask=batch["attention_mask"]
                                                      ).logits.shape == batch["input_ids"].shape
+    from safetensors.torch import load_file
+    gen_sd = load_file(out / "generator" / "model.safetensors")  # untied: the head's two output biases agree
+    assert torch.equal(gen_sd["lm_head.bias"], gen_sd["lm_head.decoder.bias"]) and gen_sd["lm_head.bias"].abs().sum() > 0
     fill = pipeline("fill-mask", model=str(out / "generator"))
     assert len(fill(f"The president said the {fill.tokenizer.mask_token} is growing.", top_k=3)) == 3
     # the generator folder is also an encoder to fine-tune (its card says so): a classifier gets all of its weights
