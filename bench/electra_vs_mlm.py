@@ -162,17 +162,9 @@ def test_accuracy(result: dict) -> float:
 
 
 def seed_accuracies(result: dict) -> list[float]:
-    """Each fine-tuning seed's test accuracy at the setting the validation split chose: what a median hides."""
-    return [100.0 * s["test"]["accuracy"] for s in result["seeds"]]
-
-
-def p_value(a: list[float], b: list[float]) -> float | None:
-    """Two-sided Mann-Whitney U on per-seed accuracies: how often seeds alone would part the two medians this far
-    (docs/results.md §8.14). None where either side has a single seed."""
-    if min(len(a), len(b)) < 2:
-        return None
-    from scipy.stats import mannwhitneyu
-    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    """Each fine-tuning seed's test accuracy, in points: what a median hides."""
+    from gpt_ds.finetune.metrics import seed_scores
+    return [100.0 * x for x in seed_scores(result)]
 
 
 def plot(rows: list[dict], random: dict, tasks: list[str], out: Path, title: str) -> None:
@@ -312,9 +304,10 @@ def main() -> int:
          f"fine-tuning lr: the best of {a.lr} per model")
     head = f"mean@{a.scarce}" if a.scarce_only else "mean"
     keys = [f"{t}@{a.scarce}" if a.scarce_only else t for t in tasks]
-    p = {"electra_vs_mlm": {k: p_value(top["electra"]["seed_accuracies"][k], top["mlm"]["seed_accuracies"][k])
+    from gpt_ds.finetune.metrics import seeds_p_value
+    p = {"electra_vs_mlm": {k: seeds_p_value(top["electra"]["seed_accuracies"][k], top["mlm"]["seed_accuracies"][k])
                             for k in keys},
-         "electra_vs_random": {k: p_value(top["electra"]["seed_accuracies"][k], random_seeds[k]) for k in keys}}
+         "electra_vs_random": {k: seeds_p_value(top["electra"]["seed_accuracies"][k], random_seeds[k]) for k in keys}}
     for what, per_task in p.items():
         print(f"p ({what.replace('_', ' ')}, Mann-Whitney U over fine-tuning seeds): " +
               ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in per_task.items()))

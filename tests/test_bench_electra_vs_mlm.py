@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gpt_ds.finetune.metrics import seeds_p_value
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("electra_vs_mlm", ROOT / "bench" / "electra_vs_mlm.py")
 bench = importlib.util.module_from_spec(spec)
@@ -29,11 +31,11 @@ def exact_two_sided_p(a, b):
 @pytest.mark.parametrize("a,b", [([70.0, 71.0, 72.0], [60.0, 61.0, 62.0]),
                                  ([70.0, 61.5, 72.0, 64.0], [60.0, 71.0, 62.0, 63.0, 65.5])])
 def test_p_value_is_the_exact_mann_whitney(a, b):
-    assert bench.p_value(a, b) == pytest.approx(exact_two_sided_p(a, b))
+    assert seeds_p_value(a, b) == pytest.approx(exact_two_sided_p(a, b))
 
 
 def test_p_value_needs_two_seeds_a_side():
-    assert bench.p_value([70.0], [60.0, 61.0]) is None
+    assert seeds_p_value([70.0], [60.0, 61.0]) is None
 
 
 def fake_result(accs):
