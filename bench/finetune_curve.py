@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,7 +96,7 @@ def plot(rows: list[dict], control: list[float], out: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("pretraining FLOPs")
     ax.set_ylabel("test accuracy, % (median over seeds)")
-    ax.set_title(title, fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
