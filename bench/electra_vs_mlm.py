@@ -261,6 +261,8 @@ def main() -> int:
     steps = matched_steps(a.preset, a.set, a.electra_steps, vocab)
     seeds = [None, *range(1, a.pretrain_seeds)]
     minutes, rows = {}, []
+    # (task, labeled rows) per cell: every label (0) unless --scarce-only, and the --scarce rows
+    cells = ([] if a.scarce_only else [(t, 0) for t in tasks]) + ([(t, a.scarce) for t in tasks] if a.scarce else [])
     for kind in ("electra", "mlm"):
         total = steps[kind]
         grain = max(1, int(round(total * fractions[0])))
@@ -271,8 +273,6 @@ def main() -> int:
         for step in points:
             models = [export(work, kind, step, seed) for seed in seeds]
             row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind], "runs": {}}
-            cells = ([] if a.scarce_only else [(t, 0) for t in tasks]) + \
-                ([(t, a.scarce) for t in tasks] if a.scarce else [])
             for t, rows_ in cells:
                 key = f"{t}@{rows_}" if rows_ else t
                 results = [finetune(work, m, t, task_paths[t], a, rows=rows_) for m in models]
@@ -283,7 +283,6 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     control = export(work, "electra", max(r["step"] for r in rows if r["objective"] == "electra"))
-    cells = ([] if a.scarce_only else [(t, 0) for t in tasks]) + ([(t, a.scarce) for t in tasks] if a.scarce else [])
     random, random_seeds = {}, {}
     for t, rows_ in cells:
         result = finetune(work, control, t, task_paths[t], a, random_init=True, rows=rows_)
