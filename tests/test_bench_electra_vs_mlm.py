@@ -95,3 +95,11 @@ def test_the_json_line_reports_gaps_and_their_p(tmp_path, monkeypatch, capsys):
     assert calls.count("finetune") == 3
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(line["table"][0]["seed_accuracies"]["question-type@500"]) == 6
+
+    calls.clear()  # every label instead of 500: the gaps and p-values are keyed by the task alone
+    monkeypatch.setattr(sys, "argv", [x for x in argv if x != "--scarce-only"] + ["--scarce", "0"])
+    assert bench.main() == 0
+    assert calls.count("finetune") == 3
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["labels"] == "mean" and line["electra_minus_random"] == pytest.approx(20.0)
+    assert line["p"]["electra_vs_mlm"]["question-type"] == pytest.approx(separated)
