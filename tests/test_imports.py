@@ -114,8 +114,8 @@ DEFERRED_INTERNAL = {
     ("gpt_ds/zero/check.py", "gpt_ds.zero.sizes"),     # torch + transformers, for the run-dir space check only
     ("gpt_ds/plot.py", "gpt_ds.zero.sizes"),           # torch + transformers, for --x flops without a vocab only
 }
-DEFERRED_EXTERNAL = {"deepspeed", "torch", "transformers", "tokenizers", "sentencepiece", "sklearn", "matplotlib",
-                     "pydantic", "pyarrow", "datasets", "wandb"}
+DEFERRED_EXTERNAL = {"deepspeed", "torch", "transformers", "tokenizers", "sentencepiece", "sklearn", "scipy",
+                     "matplotlib", "pydantic", "pyarrow", "datasets", "wandb"}
 
 
 def function_level_imports() -> list[tuple[str, str]]:
