@@ -50,6 +50,7 @@ setup(
         "tensorboard>=2.15",
         "protobuf>=4",
         "scikit-learn>=1.3",
+        "scipy>=1.10",  # the Mann-Whitney p-value between fine-tuning seeds
     ],
     extras_require={
         "dev": ["pytest>=8", "triton>=3.0"],

@@ -41,8 +41,11 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
         return {"generator": 3 * gen, "discriminator": 0.0, "sampling": 0.0, "total": 3 * gen, "tokens": tokens,
                 "attention": 3 * attention_flops(tokens, L, m.hidden_size, m.num_layers)}
     g = generator_sizes(m)
-    gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], e)
-           + masked * 2 * (g["hidden_size"] * e + e * v))
+    # an MPNet generator narrower than the discriminator (objective.embedding_sharing=none) has its own table at its
+    # own width: no projection in, and its head is its width squared, then the output layer
+    ge = g["hidden_size"] if m.arch == "mpnet" else e
+    gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], ge)
+           + masked * 2 * (g["hidden_size"] * ge + ge * v))
     # sequence contrastive learning: a share of the rows passes the discriminator's encoder a second time, uncorrupted
     # (counted over the global batch; the trainer rounds per micro-batch, equal when the share divides it)
     views = scl_view_rows(o, cfg.train.global_batch) * L

@@ -354,3 +354,26 @@ def test_sequence_contrastive_loss_matches_a_float64_reference_and_leaves_the_to
     assert g.base_embeds.shape[0] == b + k
     assert torch.allclose(g.base_embeds[b:], emb.word_embeddings(ids[:k]) + pos)
     assert torch.allclose(g.base_embeds[:b], emb.word_embeddings(g.corrupted_ids) + pos)
+
+
+def test_step_flops_count_a_narrow_mpnet_generator_as_torchs_flop_counter_does():
+    """An MPNet generator narrower than the discriminator (objective.embedding_sharing=none) has no embedding
+    projection and a head of its own width: gpt_ds.flops' generator term is what FlopCounterMode counts in its
+    forward (encoder over every token, head at the masked positions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gpt_ds.flops import step_flops
+    b = 4
+    cfg = tiny_cfg(**{"model.arch": "mpnet", "objective.embedding_sharing": "none",
+                      "model.generator_hidden_ratio": 0.5, "train.global_batch": b})
+    conf = generator_config(cfg, V, SPECIALS["pad"])
+    conf._attn_implementation = "eager"
+    gen = Generator(conf, kernels="reference").eval()
+    assert gen.mlm.config.hidden_size == 16 and gen.mpnet
+    ids, att = rows(b)
+    per_row = int((cfg.objective.mask_prob + 0.005) * L)
+    positions = (torch.arange(b)[:, None] * L + torch.arange(1, 1 + per_row)[None, :]).reshape(-1)
+    targets = ids.reshape(-1)[positions]
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        gen(ids, att, torch.zeros_like(ids), positions, targets, positions // L, ids, seed=1)
+    assert fc.get_total_flops() == step_flops(cfg, V)["generator"] / 3
