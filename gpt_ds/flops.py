@@ -25,6 +25,18 @@ def encoder_forward_flops(tokens: int, seq_len: int, hidden: int, layers: int, f
     return float(tokens) * (layers * per_token_layer + project) + attention_flops(tokens, seq_len, hidden, layers)
 
 
+def embedding_width(model, hidden: int) -> int:
+    """The width of a tower's token table. ELECTRA's towers read one table of model.embedding_size, projected to each
+    tower's width; MPNet has no projection, so its table is as wide as the tower (a narrower MPNet generator, allowed
+    with objective.embedding_sharing=none, has its own)."""
+    return hidden if model.arch == "mpnet" else model.embedding_size
+
+
+def lm_head_flops(masked: int, hidden: int, embedding: int, vocab: int) -> float:
+    """A masked-LM head at the masked positions: dense hidden -> table width, then the output layer over the vocab."""
+    return masked * 2.0 * (hidden * embedding + embedding * vocab)
+
+
 def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     """FLOPs of one optimizer step over the global batch; keys: generator, discriminator, sampling, total, and
     attention (the part of total in the attention's score and context products, forward and backward)."""
@@ -33,26 +45,23 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     L = cfg.data.seq_len
     tokens = cfg.train.global_batch * L
     masked = int((o.mask_prob + 0.005) * L) * cfg.train.global_batch
-    # MPNet has no embedding projection: its LM head is dense H x H then the output layer, i.e. "embedding" = hidden
-    e = m.hidden_size if m.arch == "mpnet" else m.embedding_size
     if o.kind == "mlm":
+        e = embedding_width(m, m.hidden_size)
         gen = (encoder_forward_flops(tokens, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
-               + masked * 2 * (m.hidden_size * e + e * v))
+               + lm_head_flops(masked, m.hidden_size, e, v))
         return {"generator": 3 * gen, "discriminator": 0.0, "sampling": 0.0, "total": 3 * gen, "tokens": tokens,
                 "attention": 3 * attention_flops(tokens, L, m.hidden_size, m.num_layers)}
     g = generator_sizes(m)
-    # an MPNet generator narrower than the discriminator (objective.embedding_sharing=none) has its own table at its
-    # own width: no projection in, and its head is its width squared, then the output layer
-    ge = g["hidden_size"] if m.arch == "mpnet" else e
+    ge, de = embedding_width(m, g["hidden_size"]), embedding_width(m, m.hidden_size)
     gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], ge)
-           + masked * 2 * (g["hidden_size"] * ge + ge * v))
+           + lm_head_flops(masked, g["hidden_size"], ge, v))
     # sequence contrastive learning: a share of the rows passes the discriminator's encoder a second time, uncorrupted
     # (counted over the global batch; the trainer rounds per micro-batch, equal when the share divides it)
     views = scl_view_rows(o, cfg.train.global_batch) * L
-    disc = (encoder_forward_flops(tokens + views, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
+    disc = (encoder_forward_flops(tokens + views, L, m.hidden_size, m.num_layers, m.intermediate_size, de)
             + tokens * 2 * (m.hidden_size * m.hidden_size + m.hidden_size))
     if o.disc_mlm_weight > 0:  # the corrective LM head at the masked positions
-        disc += masked * 2 * (m.hidden_size * e + e * v)
+        disc += lm_head_flops(masked, m.hidden_size, de, v)
     sampling = masked * 6.0 * v  # softmax + noise + argmax over the vocabulary, forward only
     total = 3 * gen + 3 * disc + sampling
     attn = attention_flops(tokens, L, g["hidden_size"], g["num_layers"]) + attention_flops(tokens, L, m.hidden_size,
