@@ -21,7 +21,9 @@
    beside them `p`, per task, the two-sided Mann-Whitney U p-value of each gap over the fine-tuning seeds.
 
 Everything lands under --work, and each finished stage is kept: a rerun (after a crash or with more tasks) redoes
-only what is missing.
+only what is missing. `--jobs 2` runs two pretraining runs (ELECTRA beside the MLM) and then two fine-tunings at a
+time, each on half the cores: on a 2-core machine that halves the wall time, since one small run does not use two
+cores well.
 
     DS_ACCELERATOR=cpu .venv/bin/python bench/electra_vs_mlm.py                      # the full curve (hours here)
     ... --electra-steps 400 --budgets 0.5,1 --tasks question-type --seeds 1         # a quick look
@@ -38,6 +40,8 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +62,19 @@ def gpt_ds(*args, log: Path | None = None) -> str:
     if p.returncode != 0:
         raise SystemExit(f"gpt-ds {args[0]} failed (exit {p.returncode}){f'; see {log}' if log else ''}")
     return p.stdout
+
+
+def run_all(jobs: int, calls: list) -> list:
+    """A stage's independent commands (each a gpt-ds subprocess), `jobs` at a time, results in order. The first
+    failure cancels what has not started; what runs already finishes and is kept for the rerun."""
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def last_json(text: str) -> dict:
@@ -142,8 +159,8 @@ def finetune(work: Path, model: Path, task: str, paths: dict, a, random_init: bo
             paths["test"], "--seeds", a.seeds, "--lr", a.lr, "--no-save", *shlex.split(a.finetune_args)]
     if rows:
         args += ["--train-rows", rows, "--epochs", a.scarce_epochs]
-    result = last_json(gpt_ds(*args, *(["--random-init"] if random_init else []), log=work / "finetune.log"))
-    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.parent.mkdir(parents=True, exist_ok=True)  # one log per fine-tuning: --jobs runs several at once
+    result = last_json(gpt_ds(*args, *(["--random-init"] if random_init else []), log=cached.with_suffix(".log")))
     cached.write_text(json.dumps(result))
     return result
 
@@ -219,6 +236,9 @@ def main() -> int:
                          "the median over them. At small budgets one run to the next moves a cell by several points "
                          "(docs/results.md §8)")
     ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="pretraining runs, then fine-tunings, at once, each on cores/jobs threads (OMP_NUM_THREADS); "
+                         "2 on a 2-core machine halves the wall time")
     ap.add_argument("--lr", default="3e-4,1e-3,3e-3",
                     help="fine-tuning learning rates: each model gets the one its validation split prefers, since a "
                          "random-init encoder and a pretrained one want different rates (docs/results.md)")
@@ -237,6 +257,8 @@ def main() -> int:
                     '--finetune-args "--epochs 5 --layer-decay 1"')
     ap.add_argument("--plot", default=None, help="PNG of the curves (default: WORK/electra_vs_mlm.png)")
     a = ap.parse_args()
+    if a.jobs < 1:
+        ap.error(f"--jobs {a.jobs}: at least 1")
     if a.scarce_only and not a.scarce:
         ap.error("--scarce-only needs --scarce N (N > 0)")
     if bool(a.store) != bool(a.tokenizer):
@@ -249,6 +271,8 @@ def main() -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.jobs > 1:  # each job its share of the cores, unless the caller chose
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.jobs)))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     tasks = a.tasks.split(",")
@@ -260,34 +284,37 @@ def main() -> int:
     vocab = json.loads((store / "manifest.json").read_text())["vocab_size"]
     steps = matched_steps(a.preset, a.set, a.electra_steps, vocab)
     seeds = [None, *range(1, a.pretrain_seeds)]
-    minutes, rows = {}, []
     # (task, labeled rows) per cell: every label (0) unless --scarce-only, and the --scarce rows
     cells = ([] if a.scarce_only else [(t, 0) for t in tasks]) + ([(t, a.scarce) for t in tasks] if a.scarce else [])
+    points = {}  # each objective's checkpoints: the budget fractions of its own matched total
     for kind in ("electra", "mlm"):
-        total = steps[kind]
-        grain = max(1, int(round(total * fractions[0])))
-        points = sorted({max(grain, int(round(total * f / grain)) * grain) for f in fractions})
-        total = points[-1]
-        for seed in seeds:
-            minutes[run_name(kind, seed)] = pretrain(work, kind, total, points, a, tok, store, seed)
-        for step in points:
-            models = [export(work, kind, step, seed) for seed in seeds]
+        grain = max(1, int(round(steps[kind] * fractions[0])))
+        points[kind] = sorted({max(grain, int(round(steps[kind] * f / grain)) * grain) for f in fractions})
+    runs = [(kind, seed) for kind in points for seed in seeds]
+    minutes = dict(zip([run_name(k, s) for k, s in runs], run_all(a.jobs, [
+        partial(pretrain, work, kind, points[kind][-1], points[kind], a, tok, store, seed) for kind, seed in runs])))
+    models = {(kind, step, seed): export(work, kind, step, seed) for kind, seed in runs for step in points[kind]}
+    control = models[("electra", points["electra"][-1], None)]  # random init of the discriminator's architecture
+    key = {(t, r): f"{t}@{r}" if r else t for t, r in cells}
+    todo = [(m, t, r, False) for m in models.values() for t, r in cells] + [(control, t, r, True) for t, r in cells]
+    done = dict(zip(todo, run_all(a.jobs, [partial(finetune, work, m, t, task_paths[t], a, random_init=ri, rows=r)
+                                          for m, t, r, ri in todo])))
+    rows = []
+    for kind in points:
+        for step in points[kind]:
             row = {"objective": kind, "step": step, "flops": step * steps["flops_per_step"][kind], "runs": {}}
-            for t, rows_ in cells:
-                key = f"{t}@{rows_}" if rows_ else t
-                results = [finetune(work, m, t, task_paths[t], a, rows=rows_) for m in models]
-                row["runs"][key] = [test_accuracy(r) for r in results]
-                row.setdefault("seed_accuracies", {})[key] = [x for r in results for x in seed_accuracies(r)]
-                row[key] = statistics.median(row["runs"][key])
+            for t, r in cells:
+                results = [done[(models[(kind, step, seed)], t, r, False)] for seed in seeds]
+                row["runs"][key[t, r]] = [test_accuracy(x) for x in results]
+                row.setdefault("seed_accuracies", {})[key[t, r]] = [x for res in results for x in seed_accuracies(res)]
+                row[key[t, r]] = statistics.median(row["runs"][key[t, r]])
             add_means(row, tasks, a.scarce)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    control = export(work, "electra", max(r["step"] for r in rows if r["objective"] == "electra"))
     random, random_seeds = {}, {}
-    for t, rows_ in cells:
-        result = finetune(work, control, t, task_paths[t], a, random_init=True, rows=rows_)
-        key = f"{t}@{rows_}" if rows_ else t
-        random[key], random_seeds[key] = test_accuracy(result), seed_accuracies(result)
+    for t, r in cells:
+        result = done[(control, t, r, True)]
+        random[key[t, r]], random_seeds[key[t, r]] = test_accuracy(result), seed_accuracies(result)
     add_means(random, tasks, a.scarce)
 
     top = {k: max((r for r in rows if r["objective"] == k), key=lambda r: r["flops"]) for k in ("electra", "mlm")}

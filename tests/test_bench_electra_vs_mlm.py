@@ -103,3 +103,53 @@ def test_the_json_line_reports_gaps_and_their_p(tmp_path, monkeypatch, capsys):
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["labels"] == "mean" and line["electra_minus_random"] == pytest.approx(20.0)
     assert line["p"]["electra_vs_mlm"]["question-type"] == pytest.approx(separated)
+
+
+def test_jobs_run_the_pretraining_runs_side_by_side_and_give_the_same_line(tmp_path, monkeypatch, capsys):
+    """`--jobs 2`: the ELECTRA and MLM runs start together (each waits at a barrier for the other: one at a time
+    would time out), each job gets half the cores, and the JSON line is the one `--jobs 1` prints."""
+    import os
+    import threading
+    store, tok = tmp_path / "store", tmp_path / "tok"
+    store.mkdir(), tok.mkdir()
+    (store / "manifest.json").write_text(json.dumps({"vocab_size": 512}))
+    (tok / "tokenizer.json").write_text("{}")
+    import demo.corpora
+    monkeypatch.setattr(demo.corpora, "labeled_task",
+                        lambda t, out: {s: out / t / f"{s}.jsonl" for s in ("train", "validation", "test")})
+    levels = {"discriminator": 80.0, "generator": 70.0, "random": 60.0, "question-type": 0.0, "sms-spam": 5.0}
+    barrier = threading.Barrier(2, timeout=10)
+
+    def fake_gpt_ds(*args, log=None, side_by_side=False):
+        if args[0] == "pretrain":
+            if side_by_side:
+                barrier.wait()
+            run_dir = next(str(x) for x in args if str(x).startswith("run.dir="))
+            Path(run_dir.split("=", 1)[1]).mkdir(parents=True)
+        if args[0] == "export":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "gpt_ds_export.json").write_text("{}")
+        if args[0] != "finetune":
+            return ""
+        task = Path(args[args.index("--train") + 1]).parent.name
+        level = levels["random" if "--random-init" in args else Path(args[1]).name] + levels[task]
+        return json.dumps(fake_result([level + 0.1 * i for i in range(3)])) + "\n"
+
+    def line(jobs):
+        monkeypatch.setattr(bench, "gpt_ds", lambda *a, log=None: fake_gpt_ds(*a, log=log, side_by_side=jobs > 1))
+        monkeypatch.setattr(sys, "argv", [
+            "electra_vs_mlm.py", "--work", str(tmp_path / f"work{jobs}"), "--store", str(store), "--tokenizer",
+            str(tok), "--electra-steps", "8", "--budgets", "0.5,1", "--tasks", "question-type,sms-spam",
+            "--scarce-only", "--seeds", "3", "--plot", str(tmp_path / f"curve{jobs}.png"), "--jobs", str(jobs)])
+        assert bench.main() == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return {k: v for k, v in out.items() if k not in ("plot", "pretrain_minutes")}
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # restored after the test
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    two = line(2)
+    assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert two == line(1)
+    assert two["electra_minus_mlm"] == pytest.approx(10.0) and two["electra_minus_random"] == pytest.approx(20.0)
+    assert len(two["table"]) == 4  # two budget points per objective
