@@ -43,7 +43,8 @@ def fake_result(accs):
             "median": {"test": {"accuracy": sorted(accs)[len(accs) // 2] / 100}}}
 
 
-def test_the_json_line_reports_gaps_and_their_p(tmp_path, monkeypatch, capsys):
+def fake_store(tmp_path, monkeypatch):
+    """A token store and tokenizer the bench accepts, and labeled tasks that are only paths."""
     store, tok = tmp_path / "store", tmp_path / "tok"
     store.mkdir(), tok.mkdir()
     (store / "manifest.json").write_text(json.dumps({"vocab_size": 512}))
@@ -51,19 +52,29 @@ def test_the_json_line_reports_gaps_and_their_p(tmp_path, monkeypatch, capsys):
     import demo.corpora
     monkeypatch.setattr(demo.corpora, "labeled_task",
                         lambda t, out: {s: out / t / f"{s}.jsonl" for s in ("train", "validation", "test")})
+    return store, tok
+
+
+def make_folders(args):
+    """What the real `gpt-ds pretrain` / `export` leave that the bench checks for: the run folder, the export marker."""
+    if args[0] == "pretrain":
+        run_dir = next(str(x) for x in args if str(x).startswith("run.dir="))
+        Path(run_dir.split("=", 1)[1]).mkdir(parents=True)
+    if args[0] == "export":
+        out = Path(args[args.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpt_ds_export.json").write_text("{}")
+
+
+def test_the_json_line_reports_gaps_and_their_p(tmp_path, monkeypatch, capsys):
+    store, tok = fake_store(tmp_path, monkeypatch)
     calls = []
     # ELECTRA's seeds all score above every MLM seed, which all score above every random-init seed
     levels = {"discriminator": 80.0, "generator": 70.0, "random": 60.0}
 
     def fake_gpt_ds(*args, log=None):
         calls.append(args[0])
-        if args[0] == "pretrain":  # the real one makes its run folder
-            run_dir = next(str(x) for x in args if str(x).startswith("run.dir="))
-            Path(run_dir.split("=", 1)[1]).mkdir(parents=True)
-        if args[0] == "export":
-            out = Path(args[args.index("--out") + 1])
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "gpt_ds_export.json").write_text("{}")
+        make_folders(args)
         if args[0] != "finetune":
             return ""
         seeds = int(args[args.index("--seeds") + 1])
@@ -110,26 +121,14 @@ def test_jobs_run_the_pretraining_runs_side_by_side_and_give_the_same_line(tmp_p
     would time out), each job gets half the cores, and the JSON line is the one `--jobs 1` prints."""
     import os
     import threading
-    store, tok = tmp_path / "store", tmp_path / "tok"
-    store.mkdir(), tok.mkdir()
-    (store / "manifest.json").write_text(json.dumps({"vocab_size": 512}))
-    (tok / "tokenizer.json").write_text("{}")
-    import demo.corpora
-    monkeypatch.setattr(demo.corpora, "labeled_task",
-                        lambda t, out: {s: out / t / f"{s}.jsonl" for s in ("train", "validation", "test")})
+    store, tok = fake_store(tmp_path, monkeypatch)
     levels = {"discriminator": 80.0, "generator": 70.0, "random": 60.0, "question-type": 0.0, "sms-spam": 5.0}
     barrier = threading.Barrier(2, timeout=10)
 
     def fake_gpt_ds(*args, log=None, side_by_side=False):
-        if args[0] == "pretrain":
-            if side_by_side:
-                barrier.wait()
-            run_dir = next(str(x) for x in args if str(x).startswith("run.dir="))
-            Path(run_dir.split("=", 1)[1]).mkdir(parents=True)
-        if args[0] == "export":
-            out = Path(args[args.index("--out") + 1])
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "gpt_ds_export.json").write_text("{}")
+        if args[0] == "pretrain" and side_by_side:
+            barrier.wait()
+        make_folders(args)
         if args[0] != "finetune":
             return ""
         task = Path(args[args.index("--train") + 1]).parent.name
