@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from gpt_ds.config import DATA_ROOT, BatchLayout, Config, ConfigError
+from gpt_ds.zero.memory import auto_buckets
 
 ENGINES = ("generator", "discriminator")
 
@@ -114,10 +115,11 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
     if not isinstance(zero, dict):
         found.append(f"{where}: 'zero_optimization' must be a JSON object, got {zero!r}")
         zero = ds["zero_optimization"] = {}
-    h = hidden_size or cfg.model.hidden_size
-    # Scaled from the hidden size as transformers' DeepSpeed integration does for "auto".
-    for key, value in (("reduce_bucket_size", h * h), ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
-                       ("stage3_param_persistence_threshold", 10 * h)):
+    # Scaled from the hidden size as transformers' DeepSpeed integration does for "auto", with a floor for small towers
+    auto = auto_buckets(hidden_size or cfg.model.hidden_size)
+    for key, value in (("reduce_bucket_size", auto["reduce_bucket"]),
+                       ("stage3_prefetch_bucket_size", auto["prefetch_bucket"]),
+                       ("stage3_param_persistence_threshold", auto["persistence"])):
         if zero.get(key) == "auto":
             zero[key] = value
     leftover = [k for k, v in _walk(ds) if v == "auto"]

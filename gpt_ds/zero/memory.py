@@ -141,7 +141,7 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
     st.gpu["grads"] = k * part
     st.gpu["buffers"] = k * reduce_bucket
     _partitioned_optimizer(st, opt, part)
-    st.gpu_transient["gathered params"] = k * (t.largest_module + prefetch_bucket)
+    st.gpu_transient["gathered params"] = k * (t.largest_module + min(prefetch_bucket, psi))  # no more to fetch
     st.end_of_backward["a full grad"] = k * t.largest_param
     if world > 1 or (opt.offload == "param" and on_gpu):  # (one CPU rank computes on its partitions in place)
         st.gpu_kept["gathered params"] = k * _kept_gathered(t, persistent if world > 1 else 0, max_live,
@@ -164,10 +164,16 @@ def _kept_gathered(t: Tower, persistent: int, max_live: int, reuse_distance: int
     return min(gathered, max_live)
 
 
+# Smallest "auto" bucket (elements). H² alone (transformers' rule) cuts a small tower into hundreds of collectives a
+# step: 16k-element buckets for H=128 made ZeRO-3 on 2 CPU ranks 1.45x slower per step (docs/benchmarks.md). 5M
+# elements is 20 MB in fp32, nothing beside a GPU's memory; from H=2,237 up H² is larger and is used as before.
+MIN_AUTO_BUCKET = 5_000_000
+
+
 def auto_buckets(hidden: int) -> dict:
     """The values gpt_ds fills for "auto" (gpt_ds.ds_config), scaled from the engine's hidden size."""
-    return {"reduce_bucket": hidden * hidden, "prefetch_bucket": int(0.9 * hidden * hidden),
-            "persistence": 10 * hidden}
+    return {"reduce_bucket": max(hidden * hidden, MIN_AUTO_BUCKET),
+            "prefetch_bucket": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET), "persistence": 10 * hidden}
 
 
 def _partitioned_optimizer(st, opt, part: int) -> None:

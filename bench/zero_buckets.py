@@ -1,0 +1,90 @@
+"""Seconds per training step of 2 CPU ranks under ZeRO-3: gpt_ds's "auto" buckets against transformers' H² rule.
+
+For "auto", transformers' DeepSpeed integration sets `reduce_bucket_size` = H² and `stage3_prefetch_bucket_size` =
+0.9·H². For a small tower (H = 128: 16k elements) that cuts every step's gradients into hundreds of reduce-scatters,
+and on gloo each one costs a round trip. gpt_ds fills "auto" with at least 5M elements (gpt_ds.zero.memory
+MIN_AUTO_BUCKET). This bench runs `gpt-ds pretrain PRESET --nproc 2` on both engines' ZeRO-3 preset, once with the H²
+values written into the ds_config and once with gpt_ds's, alternating for --rounds rounds; each run's step time is the
+median of its steps after --warmup; the ratio is taken per round, then its median. Same data, seed and losses: the
+buckets decide how gradients are grouped for the collectives, not what is summed.
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run(preset: str, steps: int, warmup: int, overrides: list[str], work: Path, store: str | None,
+        tokenizer: str | None) -> tuple[float, list[float]]:
+    """Median s/step after the warm-up, and the losses of every step (to show the variants compute the same)."""
+    data = [f"data.sources=[{store}]", f"data.tokenizer={tokenizer}"] if store else ["data.synthetic=true"]
+    cmd = [sys.executable, "-m", "gpt_ds.cli", "pretrain", preset, f"run.dir={work}", *data, f"train.max_steps={steps}",
+           "logging.every=1", "logging.progress_bar=false", "logging.tensorboard=false", f"checkpoint.every={steps}",
+           *overrides, "--nproc", "2"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    if p.returncode:
+        sys.exit(f"bench/zero_buckets.py: `{' '.join(cmd)}` failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["step_time_s"] for r in rows if r["step"] > warmup), [r["loss"] for r in rows]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--store", help="a token store (default: synthetic data)")
+    ap.add_argument("--tokenizer")
+    args = ap.parse_args()
+    from gpt_ds.config import load_config
+    from gpt_ds.zero.memory import auto_buckets
+    cfg = load_config(args.preset)
+    h_disc = cfg.model.hidden_size
+    from gpt_ds.model.sizes import generator_sizes
+    h_gen = generator_sizes(cfg.model)["hidden_size"] if cfg.model.arch == "electra" else h_disc  # MPNet: GDES width
+    ds = "ds_configs/zero3_fp32.json"
+
+    def h2(h: int) -> str:  # transformers' "auto" values, written into the ds_config
+        return f"{{zero_optimization: {{reduce_bucket_size: {h * h}, stage3_prefetch_bucket_size: {int(0.9 * h * h)}}}}}"
+
+    variants = {"h_squared": [f"deepspeed.generator_overrides={h2(h_gen)}",
+                              f"deepspeed.discriminator_overrides={h2(h_disc)}"],
+                "gpt_ds_auto": []}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    losses: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            for name, extra in variants.items():
+                s, loss = run(args.preset, args.steps, args.warmup, [f"deepspeed.generator={ds}",
+                              f"deepspeed.discriminator={ds}", *extra], Path(tmp) / f"{name}{i}", args.store,
+                              args.tokenizer)
+                times[name].append(s)
+                if name == "h_squared" and i == 0:  # the H² values are the ones the engines got
+                    for engine, h in (("generator", h_gen), ("discriminator", h_disc)):
+                        z = json.loads((Path(tmp) / f"{name}{i}" / f"ds_config.{engine}.json").read_text())
+                        assert z["zero_optimization"]["reduce_bucket_size"] == h * h, (engine, z)
+                losses[name] = loss
+                print(f"round {i}: {name} {s:.3f} s/step", flush=True)
+    ratios = [a / b for a, b in zip(times["h_squared"], times["gpt_ds_auto"])]
+    out = {"preset": args.preset, "ranks": 2, "zero": 3, "steps": args.steps, "rounds": args.rounds,
+           "h_squared_s_per_step": statistics.median(times["h_squared"]),
+           "gpt_ds_auto_s_per_step": statistics.median(times["gpt_ds_auto"]),
+           "speedup": statistics.median(ratios), "speedup_per_round": ratios,
+           "auto_buckets": auto_buckets(h_disc),
+           "max_abs_loss_diff": max(abs(a - b) for a, b in zip(losses["h_squared"], losses["gpt_ds_auto"]))}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
