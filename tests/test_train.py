@@ -59,6 +59,7 @@ def machine_key() -> str:
 def full_run(tmp_path_factory):
     """6 uninterrupted steps, 2 ranks, ZeRO-3 for both engines, dropout on."""
     d = tmp_path_factory.mktemp("full") / "run"
+    (d.parent / "shm_before.json").write_text(json.dumps(os.listdir("/dev/shm")))  # what the run may leave there
     gpt_ds("pretrain", "tiny", *FAST, f"run.dir={d}", "train.max_steps=6", "checkpoint.every=3", "--nproc", "2")
     return d
 
@@ -229,6 +230,13 @@ def test_losses_and_gradient_norms_are_the_recorded_ones(full_run):
         ok = all(abs(a - b) <= GOLDEN_RTOL * abs(b) for a, b in zip(measured[key], expected[key], strict=True))
         assert ok, (f"{key} differs from {GOLDEN.name} beyond {GOLDEN_RTOL:g} ({machine_key()})", measured[key],
                     expected[key])
+
+
+def test_a_two_rank_run_leaves_nothing_in_dev_shm(full_run):
+    """DeepSpeed's CPU shared-memory all-reduce keeps a 69 MB file per rank in /dev/shm after the job when LOCAL_SIZE
+    equals the world size at init_distributed; gpt_ds sets LOCAL_SIZE (for device_count) only after it."""
+    before = set(json.loads((full_run.parent / "shm_before.json").read_text()))
+    assert not set(os.listdir("/dev/shm")) - before
 
 
 def test_export_reloads_with_plain_transformers(full_run, tmp_path):

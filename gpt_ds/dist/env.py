@@ -204,17 +204,12 @@ def detect_env(environ: Mapping[str, str] = os.environ) -> DistEnv:
 
 
 def export_env(env: DistEnv) -> None:
-    """Set the variables torch.distributed (env:// init) and deepspeed.init_distributed read.
-
-    LOCAL_SIZE is the ranks-per-node count DeepSpeed's CPU accelerator reads (its own launcher sets it); without it
-    `device_count()` runs `numactl` in a subprocess, and ZeRO-3 asks on every gradient bucket it reduces.
-    """
+    """Set the variables torch.distributed (env:// init) and deepspeed.init_distributed read."""
     os.environ.update({
         "RANK": str(env.rank),
         "WORLD_SIZE": str(env.world_size),
         "LOCAL_RANK": str(env.local_rank),
         "LOCAL_WORLD_SIZE": str(env.local_world_size),
-        "LOCAL_SIZE": str(env.local_world_size),
         "MASTER_ADDR": env.master_addr,
         "MASTER_PORT": str(env.master_port),
     })

@@ -193,6 +193,12 @@ def train_rank(cfg: Config, env, resume: str) -> int:
                 print(f"gpt_ds: TORCH_CUDA_ARCH_LIST {arch!r} -> {os.environ['TORCH_CUDA_ARCH_LIST']!r} for DeepSpeed's "
                       "op builder (it cannot read arch suffixes)", file=sys.stderr, flush=True)
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
+    if cpu:
+        # Without LOCAL_SIZE DeepSpeed's CPU accelerator answers device_count() by running `numactl` in a subprocess,
+        # and ZeRO-3 asks on every gradient bucket (7% of a 2-rank step, docs/benchmarks.md). Set only now: at
+        # init_distributed, LOCAL_SIZE equal to the world size makes DeepSpeed open a shared-memory all-reduce (for
+        # inference; training never uses it) whose 69 MB files per rank it never removes from /dev/shm.
+        os.environ.setdefault("LOCAL_SIZE", str(env.local_world_size))
     from gpt_ds.train.trainer import Trainer
     try:
         trainer = Trainer(cfg, rank=env.rank, world_size=env.world_size, resume=resume)
