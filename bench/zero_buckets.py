@@ -46,10 +46,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--store", help="a token store (default: synthetic data)")
     ap.add_argument("--tokenizer")
+    ap.add_argument("--set", action="append", default=[], help="a config override for both variants (repeatable)")
     args = ap.parse_args()
     from gpt_ds.config import load_config
     from gpt_ds.zero.memory import auto_buckets
-    cfg = load_config(args.preset)
+    cfg = load_config(args.preset, args.set)
     h_disc = cfg.model.hidden_size
     from gpt_ds.model.sizes import generator_sizes
     h_gen = generator_sizes(cfg.model)["hidden_size"] if cfg.model.arch == "electra" else h_disc  # MPNet: GDES width
@@ -67,7 +68,7 @@ def main() -> None:
         for i in range(args.rounds):
             for name, extra in variants.items():
                 s, loss = run(args.preset, args.steps, args.warmup, [f"deepspeed.generator={ds}",
-                              f"deepspeed.discriminator={ds}", *extra], Path(tmp) / f"{name}{i}", args.store,
+                              f"deepspeed.discriminator={ds}", *args.set, *extra], Path(tmp) / f"{name}{i}", args.store,
                               args.tokenizer)
                 times[name].append(s)
                 if name == "h_squared" and i == 0:  # the H² values are the ones the engines got
