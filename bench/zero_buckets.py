@@ -2,7 +2,7 @@
 
 For "auto", transformers' DeepSpeed integration sets `reduce_bucket_size` = H² and `stage3_prefetch_bucket_size` =
 0.9·H². For a small tower (H = 128: 16k elements) that cuts every step's gradients into hundreds of reduce-scatters,
-and on gloo each one costs a round trip. gpt_ds fills "auto" with at least 5M elements (gpt_ds.zero.memory
+and on gloo each one costs a round trip. gpt_ds fills "auto" with at least 5M elements (gpt_ds.ds_config
 MIN_AUTO_BUCKET). This bench runs `gpt-ds pretrain PRESET --nproc 2` on both engines' ZeRO-3 preset, once with the H²
 values written into the ds_config and once with gpt_ds's, alternating for --rounds rounds; each run's step time is the
 median of its steps after --warmup; the ratio is taken per round, then its median. Same data, seed and losses: the
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="a config override for both variants (repeatable)")
     args = ap.parse_args()
     from gpt_ds.config import load_config
-    from gpt_ds.zero.memory import auto_buckets
+    from gpt_ds.ds_config import auto_buckets
     cfg = load_config(args.preset, args.set)
     h_disc = cfg.model.hidden_size
     from gpt_ds.model.sizes import generator_sizes

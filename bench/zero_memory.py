@@ -199,7 +199,8 @@ def worker(out_path: str) -> None:
 
 def estimated_states(cname: str, preset: str, world: int) -> int:
     from gpt_ds.config import load_config
-    from gpt_ds.zero.memory import OPTIONS, auto_buckets, model_states
+    from gpt_ds.ds_config import auto_buckets
+    from gpt_ds.zero.memory import OPTIONS, model_states
     from gpt_ds.zero.sizes import towers
     cfg = load_config("tiny", CONFIGS[cname] + [f"train.global_batch={MICRO * world}"])
     opt = next(o for o in OPTIONS if o.preset("fp32") == f"{preset}_fp32")

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 from gpt_ds.config import DATA_ROOT, BatchLayout, Config, ConfigError
-from gpt_ds.zero.memory import auto_buckets
 
 ENGINES = ("generator", "discriminator")
 
@@ -61,6 +60,18 @@ def merged_ds_config(cfg: Config, engine: str) -> tuple[Path, dict]:
     ds = load_ds_json(path, f"deepspeed.{engine}")
     ds = _merge(ds, cfg.deepspeed.overrides)
     return path, _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
+
+
+# Smallest "auto" bucket (elements). H² alone (transformers' rule) cuts a small tower into hundreds of collectives a
+# step: 16k-element buckets for H=128 made ZeRO-3 on 2 CPU ranks 1.3x slower per step (bench/zero_buckets.py). 5M
+# elements is 20 MB in fp32, nothing beside a GPU's memory; from H=2,237 (prefetch: 2,358) up the H² rule is larger.
+MIN_AUTO_BUCKET = 5_000_000
+
+
+def auto_buckets(hidden: int) -> dict:
+    """The values gpt_ds fills for "auto", scaled from the engine's hidden size (the estimator sizes buffers by them)."""
+    return {"reduce_bucket": max(hidden * hidden, MIN_AUTO_BUCKET),
+            "prefetch_bucket": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET), "persistence": 10 * hidden}
 
 
 def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None,

@@ -17,7 +17,7 @@ TOY = ["data.synthetic=true", "model.vocab_size=300", "model.num_layers=1", "mod
 
 
 def test_zero_buckets_bench_gives_the_same_losses_under_both_bucket_rules():
-    from gpt_ds.zero.memory import MIN_AUTO_BUCKET
+    from gpt_ds.ds_config import MIN_AUTO_BUCKET
     args = [sys.executable, "bench/zero_buckets.py", "--preset", "tiny", "--steps", "4", "--warmup", "1",
             "--rounds", "1"] + [x for o in TOY for x in ("--set", o)]
     r = subprocess.run(args, cwd=ROOT, env={**os.environ, "DS_ACCELERATOR": "cpu"}, capture_output=True, text=True,

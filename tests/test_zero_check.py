@@ -141,7 +141,7 @@ def test_auto_buckets_are_h_squared_with_a_floor_for_small_towers():
     hundreds of collectives (docs/benchmarks.md, bench/zero_buckets.py). A number written in the ds_config is kept."""
     from gpt_ds.config import batch_layout
     from gpt_ds.ds_config import resolve_ds_config
-    from gpt_ds.zero.memory import MIN_AUTO_BUCKET
+    from gpt_ds.ds_config import MIN_AUTO_BUCKET
     cfg = _cfg()
     layout = batch_layout(cfg, 2)
     small = resolve_ds_config(cfg, "discriminator", layout)["zero_optimization"]

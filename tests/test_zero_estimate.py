@@ -14,7 +14,8 @@ import torch
 from gpt_ds.cli import main as cli_main
 from gpt_ds.config import DS_CONFIG_DIR, load_config
 from gpt_ds.zero.estimate import estimate, parse_bytes, peak_phases
-from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, auto_buckets, model_states
+from gpt_ds.ds_config import auto_buckets
+from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, model_states
 from gpt_ds.kernels.generator_torch import TILE_ELEMS
 from gpt_ds.zero.sizes import (cpu_kernels_active, encoder_activation_bytes, head_workspace,
                                recompute_bytes, towers)

@@ -15,7 +15,8 @@ from pathlib import Path
 from gpt_ds.config import Config, ConfigError, batch_layout, load_config
 from gpt_ds.flops import step_flops
 from gpt_ds.kernels import encoder_fast_paths
-from gpt_ds.zero.memory import OPTIONS, Option, auto_buckets, model_states
+from gpt_ds.ds_config import auto_buckets
+from gpt_ds.zero.memory import OPTIONS, Option, model_states
 from gpt_ds.zero.sizes import (ASSUMED_VOCAB, activation_bytes, cpu_kernels_active, head_impl, head_workspace,
                                recompute_bytes, towers, vocab_size)
 

@@ -164,18 +164,6 @@ def _kept_gathered(t: Tower, persistent: int, max_live: int, reuse_distance: int
     return min(gathered, max_live)
 
 
-# Smallest "auto" bucket (elements). H² alone (transformers' rule) cuts a small tower into hundreds of collectives a
-# step: 16k-element buckets for H=128 made ZeRO-3 on 2 CPU ranks 1.45x slower per step (docs/benchmarks.md). 5M
-# elements is 20 MB in fp32, nothing beside a GPU's memory; from H=2,237 up H² is larger and is used as before.
-MIN_AUTO_BUCKET = 5_000_000
-
-
-def auto_buckets(hidden: int) -> dict:
-    """The values gpt_ds fills for "auto" (gpt_ds.ds_config), scaled from the engine's hidden size."""
-    return {"reduce_bucket": max(hidden * hidden, MIN_AUTO_BUCKET),
-            "prefetch_bucket": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET), "persistence": 10 * hidden}
-
-
 def _partitioned_optimizer(st, opt, part: int) -> None:
     """fp32 master + Adam moments of this rank's partition: on the GPU, or in CPU memory when offloaded."""
     states = {"master": 4 * part, "moments": 8 * part}
