@@ -62,16 +62,11 @@ def merged_ds_config(cfg: Config, engine: str) -> tuple[Path, dict]:
     return path, _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
 
 
-# Smallest "auto" bucket (elements). H² alone (transformers' rule) cuts a small tower into hundreds of collectives a
-# step: 16k-element buckets for H=128 made ZeRO-3 on 2 CPU ranks 1.3x slower per step (bench/zero_buckets.py). 5M
-# elements is 20 MB in fp32, nothing beside a GPU's memory; from H=2,237 (prefetch: 2,358) up the H² rule is larger.
-MIN_AUTO_BUCKET = 5_000_000
-
-
 def auto_buckets(hidden: int) -> dict:
-    """The values gpt_ds fills for "auto", scaled from the engine's hidden size (the estimator sizes buffers by them)."""
-    return {"reduce_bucket": max(hidden * hidden, MIN_AUTO_BUCKET),
-            "prefetch_bucket": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET), "persistence": 10 * hidden}
+    """The values gpt_ds fills for "auto", scaled from the engine's hidden size as transformers' DeepSpeed integration
+    does (the estimator sizes buffers by them). A floor of 5M elements makes 2 CPU ranks of `tiny` 1.3x faster per step
+    (bench/zero_buckets.py) but the estimator does not yet model DeepSpeed's larger buckets (docs/benchmarks.md)."""
+    return {"reduce_bucket": hidden * hidden, "prefetch_bucket": int(0.9 * hidden * hidden), "persistence": 10 * hidden}
 
 
 def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None,
@@ -126,7 +121,6 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
     if not isinstance(zero, dict):
         found.append(f"{where}: 'zero_optimization' must be a JSON object, got {zero!r}")
         zero = ds["zero_optimization"] = {}
-    # Scaled from the hidden size as transformers' DeepSpeed integration does for "auto", with a floor for small towers
     auto = auto_buckets(hidden_size or cfg.model.hidden_size)
     for key, value in (("reduce_bucket_size", auto["reduce_bucket"]),
                        ("stage3_prefetch_bucket_size", auto["prefetch_bucket"]),

@@ -136,18 +136,15 @@ def test_cli_exit_codes(capsys):
     assert code == 1 and "train.global_batch 33" in out and "problem" in out
 
 
-def test_auto_buckets_are_h_squared_with_a_floor_for_small_towers():
-    """transformers' H² for "auto", but never under MIN_AUTO_BUCKET: at H = 128 H² split each step's gradients into
-    hundreds of collectives (docs/benchmarks.md, bench/zero_buckets.py). A number written in the ds_config is kept."""
+def test_auto_buckets_are_h_squared_and_a_number_in_the_ds_config_is_kept():
+    """transformers' rule for "auto" (bench/zero_buckets.py measures what a floor would change)."""
     from gpt_ds.config import batch_layout
     from gpt_ds.ds_config import resolve_ds_config
-    from gpt_ds.ds_config import MIN_AUTO_BUCKET
     cfg = _cfg()
     layout = batch_layout(cfg, 2)
-    small = resolve_ds_config(cfg, "discriminator", layout)["zero_optimization"]
-    assert small["reduce_bucket_size"] == small["stage3_prefetch_bucket_size"] == MIN_AUTO_BUCKET
-    assert small["stage3_param_persistence_threshold"] == 10 * cfg.model.hidden_size  # no floor: still sliced
-    wide = resolve_ds_config(cfg, "discriminator", layout, hidden_size=4096)["zero_optimization"]
-    assert wide["reduce_bucket_size"] == 4096 ** 2 and wide["stage3_prefetch_bucket_size"] == int(0.9 * 4096 ** 2)
-    own = _cfg(deepspeed={"discriminator_overrides": {"zero_optimization": {"reduce_bucket_size": 1000}}})
-    assert resolve_ds_config(own, "discriminator", layout)["zero_optimization"]["reduce_bucket_size"] == 1000
+    z = resolve_ds_config(cfg, "discriminator", layout)["zero_optimization"]
+    h = cfg.model.hidden_size
+    assert (z["reduce_bucket_size"], z["stage3_prefetch_bucket_size"], z["stage3_param_persistence_threshold"]) == \
+        (h * h, int(0.9 * h * h), 10 * h)
+    own = _cfg(deepspeed={"discriminator_overrides": {"zero_optimization": {"reduce_bucket_size": 5_000_000}}})
+    assert resolve_ds_config(own, "discriminator", layout)["zero_optimization"]["reduce_bucket_size"] == 5_000_000
