@@ -64,8 +64,8 @@ def merged_ds_config(cfg: Config, engine: str) -> tuple[Path, dict]:
 
 def auto_buckets(hidden: int) -> dict:
     """The values gpt_ds fills for "auto", scaled from the engine's hidden size as transformers' DeepSpeed integration
-    does (the estimator sizes buffers by them). A floor of 5M elements makes 2 CPU ranks of `tiny` 1.3x faster per step
-    (bench/zero_buckets.py) but the estimator does not yet model DeepSpeed's larger buckets (docs/benchmarks.md)."""
+    does; the estimator sizes its buffers by the same values. Larger buckets are faster on CPU ranks but not yet
+    modelled by the estimator (docs/zero.md)."""
     return {"reduce_bucket": hidden * hidden, "prefetch_bucket": int(0.9 * hidden * hidden), "persistence": 10 * hidden}
 
 

@@ -141,7 +141,7 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
     st.gpu["grads"] = k * part
     st.gpu["buffers"] = k * reduce_bucket
     _partitioned_optimizer(st, opt, part)
-    st.gpu_transient["gathered params"] = k * (t.largest_module + min(prefetch_bucket, psi))  # no more to fetch
+    st.gpu_transient["gathered params"] = k * (t.largest_module + prefetch_bucket)
     st.end_of_backward["a full grad"] = k * t.largest_param
     if world > 1 or (opt.offload == "param" and on_gpu):  # (one CPU rank computes on its partitions in place)
         st.gpu_kept["gathered params"] = k * _kept_gathered(t, persistent if world > 1 else 0, max_live,

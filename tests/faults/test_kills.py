@@ -21,8 +21,8 @@ from test_train import FAST, GOLDEN_KEYS, ROOT, gpt_ds, metrics  # noqa: E402
 
 from gpt_ds import faults  # noqa: E402
 
-# Room for the trials' 1-3 steps each: with 40 steps, once 2-rank ZeRO-3 steps got faster (docs/benchmarks.md,
-# bench/zero_buckets.py) the last random kill could land after the run's last step, on a run that had finished
+# Room for the trials' 1-3 steps each (the wait overshoots when steps are fast): with 40 steps a CI run's last random
+# kill landed after the last step, on a run that had finished, and its exit 0 read as a lost kill
 STEPS, EVERY = 60, 2
 RUN = [*FAST, f"train.max_steps={STEPS}", f"checkpoint.every={EVERY}", "checkpoint.keep_last=2",
        "logging.tensorboard=false", "logging.peak_tflops=1"]
