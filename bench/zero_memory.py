@@ -19,6 +19,7 @@ measured with saved-tensor hooks (one process) against the estimate.
 
     DS_ACCELERATOR=cpu .venv/bin/python bench/zero_memory.py     # ~5 min on 2 cores; last line: one JSON object
     ... --worlds 2 --only tiny:zero3:0,tiny:zero0:1 --save rows.json   # a subset; --rows rows.json re-compares
+    ... --set 'deepspeed.overrides={zero_optimization: {reduce_bucket_size: 5000000}}'   # other buckets, both sides
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ RUNS = [(c, p, False) for c in CONFIGS for p in OPTION_PRESETS] + [(c, p, True) 
                                                                       for p in CKPT_PRESETS]
 MARK_BYTES = 1 << 10
 PHASES = tuple(f"{e}.{m}" for e in ("generator", "discriminator") for m in ("forward", "backward", "step"))
+EXTRA = json.loads(os.environ.get("ZERO_MEMORY_SET", "[]"))  # --set, handed to the ranks
 STEPS = 3  # optimizer steps per run: Adam's moments exist from the first step, the peak repeats from the second
 
 
@@ -86,7 +88,7 @@ def _run(cname: str, preset: str, ckpt: bool, world: int, rank: int, tmp: str) -
     from gpt_ds.config import load_config
     from gpt_ds.train.metrics import StepStats
     from gpt_ds.train.trainer import Trainer
-    cfg = load_config("tiny", _overrides(cname, preset, ckpt, world) + [
+    cfg = load_config("tiny", _overrides(cname, preset, ckpt, world, EXTRA) + [
         "data.synthetic=true", f"run.dir={tmp}/{cname}-{preset}-{ckpt}", "logging.tensorboard=false",
         "logging.peak_tflops=1", "data.prefetch=0"])  # prefetch 0: batches built on this thread, which is profiled
     held = {}
@@ -112,12 +114,16 @@ def _run(cname: str, preset: str, ckpt: bool, world: int, rank: int, tmp: str) -
     where = [name[6:] for a, b, name in phases if a <= at <= b]
     last = phases[-len(PHASES):]  # the last step's phases: the high point of each, for the tables in docs/
     each = {name[6:]: max((total for t, total in totals if a <= t <= b), default=base) - base for a, b, name in last}
+    # ZeRO-3's reduce bucket: allocated once per engine, the same size on any number of ranks (not partitioned)
+    bucket = sum(e.zero_reduce_bucket_size() * 4 for e in (eng.generator, eng.discriminator)
+                 if e.zero_optimization_stage() == 3)
     for e in (eng.generator, eng.discriminator):
         e.destroy()
     del trainer, eng, e, prof, mark
     gc.collect()
     return {"config": cname, "preset": preset, "checkpointing": ckpt, "world": world, "rank": rank, "peak": peak,
-            "peak_in": where[-1] if where else "-", "states": held["bytes"], "phases": each}
+            "peak_in": where[-1] if where else "-", "states": held["bytes"], "phases": each, "live_before": base,
+            "zero3_bucket_bytes": bucket}
 
 
 def _timeline(prof) -> tuple:
@@ -168,12 +174,12 @@ def _label(engine, meth: str, name: str, held, engines) -> None:
     setattr(engine, meth, wrapped)
 
 
-def _overrides(cname: str, preset: str, ckpt: bool, world: int) -> list[str]:
+def _overrides(cname: str, preset: str, ckpt: bool, world: int, extra: list[str] = ()) -> list[str]:
     f = f"ds_configs/{preset}_fp32.json"
     # kernels=torch: what "auto" runs on the CPU, named so that the estimate counts the chunked heads' tiles
     return CONFIGS[cname] + [f"train.global_batch={MICRO * world}", f"deepspeed.generator={f}",
                              f"deepspeed.discriminator={f}", "model.kernels=torch",
-                             f"train.activation_checkpointing={str(ckpt).lower()}"]
+                             f"train.activation_checkpointing={str(ckpt).lower()}", *extra]
 
 
 def worker(out_path: str) -> None:
@@ -192,19 +198,20 @@ def worker(out_path: str) -> None:
             every = [None] * world
             dist.all_gather_object(every, mine)
             top = max(every, key=lambda r: r["peak"])
-            rows.append(dict(top, states=max(r["states"] for r in every), peak_rank=top.pop("rank")))
+            rows.append(dict(top, states=max(r["states"] for r in every), peak_rank=top.pop("rank"), set=EXTRA))
     if rank == 0:
         Path(out_path).write_text(json.dumps(rows))
 
 
-def estimated_states(cname: str, preset: str, world: int) -> int:
-    from gpt_ds.config import load_config
-    from gpt_ds.ds_config import auto_buckets
+def estimated_states(cname: str, preset: str, world: int, extra: list[str] = ()) -> int:
+    from gpt_ds.config import DS_CONFIG_DIR, load_config
+    from gpt_ds.ds_config import engine_buckets
     from gpt_ds.zero.memory import OPTIONS, model_states
     from gpt_ds.zero.sizes import towers
-    cfg = load_config("tiny", CONFIGS[cname] + [f"train.global_batch={MICRO * world}"])
+    cfg = load_config("tiny", CONFIGS[cname] + [f"train.global_batch={MICRO * world}", *extra])
     opt = next(o for o in OPTIONS if o.preset("fp32") == f"{preset}_fp32")
-    return sum(model_states(t, opt, "fp32", world, **auto_buckets(t.hidden)).total for t in towers(cfg))
+    return sum(model_states(t, opt, "fp32", world, **engine_buckets(cfg, t.name, t.hidden, DS_CONFIG_DIR /
+                                                                    f"{preset}_fp32.json")).total for t in towers(cfg))
 
 
 def saved_activation_bytes(encoder, ids) -> int:
@@ -251,11 +258,12 @@ def estimated(r: dict) -> dict:
     would and what offload keeps in CPU memory (on these CPU runs they are the same memory)."""
     from gpt_ds.config import load_config
     from gpt_ds.zero.estimate import estimate
-    cfg = load_config("tiny", _overrides(r["config"], r["preset"], r["checkpointing"], r["world"]))
+    cfg = load_config("tiny", _overrides(r["config"], r["preset"], r["checkpointing"], r["world"], r.get("set", [])))
     est = estimate(cfg, 1, r["world"], 1 << 40, on_gpu=False)
     row = next(o for o in est["options"] if o["preset"] == f"{r['preset']}_fp32"
                and o["activation_checkpointing"] == r["checkpointing"])
-    return {"states": estimated_states(r["config"], r["preset"], r["world"]), "peak": row["peak_one_memory_bytes"]}
+    return {"states": estimated_states(r["config"], r["preset"], r["world"], r.get("set", [])),
+            "peak": row["peak_one_memory_bytes"]}
 
 
 def main(argv=None) -> None:
@@ -265,22 +273,31 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default="", help="config:preset:ckpt,... (e.g. tiny:zero3:0) to run a subset")
     ap.add_argument("--save", help="write the measured rows here (JSON)")
     ap.add_argument("--rows", help="compare the rows saved by --save instead of running")
+    ap.add_argument("--set", action="append", default=[],
+                    help="a config override for every run and its estimate (repeatable), e.g. larger buckets: "
+                         "'deepspeed.overrides={zero_optimization: {reduce_bucket_size: 5000000}}'")
     args = ap.parse_args(argv)
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-               ZERO_MEMORY_ONLY=args.only)
+               ZERO_MEMORY_SET=json.dumps(args.set))
     rows = []
     if args.rows:
         rows = json.loads(Path(args.rows).read_text())
     else:
+        keys = [f"{c}:{p}:{int(k)}" for c, p, k in RUNS]
+        keys = [k for k in keys if k in args.only.split(",")] if args.only else keys
         with tempfile.TemporaryDirectory() as tmp:
             for n in map(int, args.worlds.split(",")):
-                out = Path(tmp) / f"w{n}.json"
-                cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port",
-                       str(29600 + n), __file__, "--worker", str(out)]
-                p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
-                if p.returncode != 0:
-                    sys.exit(f"{n}-rank worker failed:\n{p.stderr[-3000:]}")
-                rows += json.loads(out.read_text())
+                # one fresh set of ranks per row: an engine's memory that DeepSpeed frees only later (13 MB of a
+                # ZeRO-1 `tiny` pair, freed during the next row's steps) would otherwise lower the next row's peak
+                for key in keys:
+                    out = Path(tmp) / f"w{n}-{key.replace(':', '-')}.json"
+                    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port",
+                           str(29600 + n), __file__, "--worker", str(out)]
+                    p = subprocess.run(cmd, env=dict(env, ZERO_MEMORY_ONLY=key), cwd=ROOT, capture_output=True,
+                                       text=True, timeout=1200)
+                    if p.returncode != 0:
+                        sys.exit(f"{n}-rank worker ({key}) failed:\n{p.stderr[-3000:]}")
+                    rows += json.loads(out.read_text())
         if args.save:
             Path(args.save).write_text(json.dumps(rows))
     for r in rows:
@@ -300,18 +317,23 @@ def main(argv=None) -> None:
     state_errors = [abs(r["states_error"]) for r in rows if r["states_error"] is not None]
     peak_errors = [abs(r["peak_error"]) for r in rows]
 
-    def z3(c, n):
-        return next(r["states"] for r in rows if r["config"] == c and r["preset"] == "zero3" and r["world"] == n
-                    and not r["checkpointing"])
+    def z3(c, n, less=0):
+        r = next(r for r in rows if r["config"] == c and r["preset"] == "zero3" and r["world"] == n
+                 and not r["checkpointing"])
+        return r["states"] - (r.get("zero3_bucket_bytes", 0) if less else 0)
     worlds = {r["world"] for r in rows}
     ratios = {}
     for n in (2, 4):
         if {1, n} <= worlds:
             ratios[f"zero3_state_ratio_{n}_vs_1"] = max(z3(c, n) / z3(c, 1) for c in {r["config"] for r in rows})
+            # what partitioning does to the rest: the states less the two engines' reduce buckets
+            ratios[f"zero3_partitioned_ratio_{n}_vs_1"] = max(z3(c, n, 1) / z3(c, 1, 1)
+                                                              for c in {r["config"] for r in rows})
     print(json.dumps({
         "estimate_error_max": max(state_errors + peak_errors + [abs(a["error"]) for a in acts]),
         "state_error_max": max(state_errors, default=None), "peak_error_max": max(peak_errors),
-        "activation_error_max": max(abs(a["error"]) for a in acts), **ratios, "rows": len(rows)}))
+        "activation_error_max": max(abs(a["error"]) for a in acts), **ratios, "rows": len(rows),
+        "set": sorted({x for r in rows for x in r.get("set", [])})}))
 
 
 if __name__ == "__main__":

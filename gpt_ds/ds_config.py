@@ -62,11 +62,49 @@ def merged_ds_config(cfg: Config, engine: str) -> tuple[Path, dict]:
     return path, _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
 
 
+# Smallest "auto" bucket (elements). H² alone (transformers' rule) cuts a small tower's gradients into hundreds of
+# collectives a step: 16k-element buckets for H=128 made ZeRO-3 on 2 CPU ranks 1.3x slower per step
+# (bench/zero_buckets.py). 5M elements is 20 MB in fp32; from H=2,237 up H² is the larger and is used as it is.
+MIN_AUTO_BUCKET = 5_000_000
+
+
 def auto_buckets(hidden: int) -> dict:
-    """The values gpt_ds fills for "auto", scaled from the engine's hidden size as transformers' DeepSpeed integration
-    does; the estimator sizes its buffers by the same values. Larger buckets are faster on CPU ranks but not yet
-    modelled by the estimator (docs/zero.md)."""
-    return {"reduce_bucket": hidden * hidden, "prefetch_bucket": int(0.9 * hidden * hidden), "persistence": 10 * hidden}
+    """The values gpt_ds fills for "auto": transformers' DeepSpeed rule (scaled from the engine's hidden size) with a
+    floor for the buckets, which the estimator models (bench/zero_memory.py --set checks it at any size)."""
+    return {"reduce_bucket": max(hidden * hidden, MIN_AUTO_BUCKET),
+            "prefetch_bucket": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET), "persistence": 10 * hidden}
+
+
+# What DeepSpeed uses for a key the ds_config leaves out (DeepSpeedZeroConfig), and model_states' name for each
+_DS_DEFAULTS = {"reduce_bucket_size": (500_000_000, "reduce_bucket"),
+                "stage3_prefetch_bucket_size": (50_000_000, "prefetch_bucket"),
+                "stage3_param_persistence_threshold": (100_000, "persistence"),
+                "sub_group_size": (1_000_000_000, "sub_group"),
+                "stage3_max_live_parameters": (1_000_000_000, "max_live"),
+                "stage3_max_reuse_distance": (1_000_000_000, "reuse_distance")}
+
+
+def engine_buckets(cfg: Config, engine: str, hidden: int, preset: Path) -> dict:
+    """The bucket and ZeRO-3 sizes (elements) and `overlap_comm` an engine gets when it runs the ds_config `preset`
+    with the run's overrides: a number as written, "auto" as gpt_ds fills it, a key left out as DeepSpeed's default.
+    The estimator sizes its buffers by these, so a ds_config that writes larger buckets for speed, or fewer live
+    parameters for memory, is estimated as it will run."""
+    ds = _merge(_merge(load_ds_json(preset, f"deepspeed.{engine}"), cfg.deepspeed.overrides),
+                getattr(cfg.deepspeed, f"{engine}_overrides"))
+    zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
+    auto = dict(zip(("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"),
+                    auto_buckets(hidden).values()))
+    out = {}
+    for key, (default, name) in _DS_DEFAULTS.items():
+        value = zero.get(key, default)
+        try:
+            out[name] = auto[key] if value == "auto" and key in auto else int(float(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"deepspeed.{engine} ({preset} + overrides): zero_optimization.{key} = {value!r}; "
+                              f"give a number of elements" + (" or \"auto\"" if key in auto else "")) from None
+    # DeepSpeed's default: on for ZeRO-3, off below
+    out["overlap_comm"] = bool(zero.get("overlap_comm", zero.get("stage", 0) == 3))
+    return out
 
 
 def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None,

@@ -136,15 +136,18 @@ def test_cli_exit_codes(capsys):
     assert code == 1 and "train.global_batch 33" in out and "problem" in out
 
 
-def test_auto_buckets_are_h_squared_and_a_number_in_the_ds_config_is_kept():
-    """transformers' rule for "auto" (bench/zero_buckets.py measures what a floor would change)."""
+def test_auto_buckets_are_h_squared_over_a_floor_and_a_number_in_the_ds_config_is_kept():
+    """transformers' rule for "auto", never under 5M elements (bench/zero_buckets.py: what the floor buys)."""
     from gpt_ds.config import batch_layout
     from gpt_ds.ds_config import resolve_ds_config
     cfg = _cfg()
     layout = batch_layout(cfg, 2)
     z = resolve_ds_config(cfg, "discriminator", layout)["zero_optimization"]
     h = cfg.model.hidden_size
+    assert h * h < 5_000_000
     assert (z["reduce_bucket_size"], z["stage3_prefetch_bucket_size"], z["stage3_param_persistence_threshold"]) == \
-        (h * h, int(0.9 * h * h), 10 * h)
-    own = _cfg(deepspeed={"discriminator_overrides": {"zero_optimization": {"reduce_bucket_size": 5_000_000}}})
-    assert resolve_ds_config(own, "discriminator", layout)["zero_optimization"]["reduce_bucket_size"] == 5_000_000
+        (5_000_000, 5_000_000, 10 * h)
+    wide = resolve_ds_config(cfg, "discriminator", layout, hidden_size=4096)["zero_optimization"]
+    assert (wide["reduce_bucket_size"], wide["stage3_prefetch_bucket_size"]) == (4096 ** 2, int(0.9 * 4096 ** 2))
+    own = _cfg(deepspeed={"discriminator_overrides": {"zero_optimization": {"reduce_bucket_size": 20_000}}})
+    assert resolve_ds_config(own, "discriminator", layout)["zero_optimization"]["reduce_bucket_size"] == 20_000

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gpt_ds.cli import main as cli_main
-from gpt_ds.config import DS_CONFIG_DIR, load_config
+from gpt_ds.config import DS_CONFIG_DIR, ConfigError, load_config
 from gpt_ds.zero.estimate import estimate, parse_bytes, peak_phases
 from gpt_ds.ds_config import auto_buckets
 from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, model_states
@@ -78,9 +78,10 @@ def test_model_states_agree_with_deepspeed_estimator():
                 cpu, gpu, largest = estimate_zero3_model_states_mem_needs(
                     t.params, t.largest_module, num_gpus_per_node=gpn, num_nodes=nodes, cpu_offload=off,
                     cpu_offload_params=off_p, zero_init=True, additional_buffer_factor=1.0)
-                # per rank, the largest-layer working term aside (ours counts it as transient)
+                # per rank, the largest-layer working term aside (ours counts it as transient); DeepSpeed's formula
+                # leaves the reduce bucket out
                 ds_states = (gpu - largest) + (cpu / gpn if off else 0)
-                ours = st.total + st.step_gpu.get("fp32 sub-group gradient", 0)
+                ours = st.total - st.gpu["buffers"] + st.step_gpu.get("fp32 sub-group gradient", 0)
                 assert abs(ours / ds_states - 1) < 0.15, (t.name, world, opt, ours, ds_states)
 
 
@@ -299,3 +300,49 @@ def test_two_rank_training_step_peak_within_15_percent_of_the_estimate(tmp_path)
         assert abs(est["states"] / r["states"] - 1) <= 0.15, (r, est)
     last = json.loads(p.stdout.strip().splitlines()[-1])
     assert last["peak_error_max"] <= 0.15 and last["rows"] == 2
+
+
+def test_the_estimate_sizes_buckets_as_the_run_will_get_them():
+    """A number written in the overrides, "auto" as gpt_ds fills it, a key left out as DeepSpeed's default; ZeRO-1/2's
+    bucket lives through the backward only, ZeRO-3's with the engine (bench/zero_memory.py --set measures both)."""
+    from gpt_ds.ds_config import MIN_AUTO_BUCKET, engine_buckets
+    big = {"zero_optimization": {"reduce_bucket_size": 8_000_000, "stage3_prefetch_bucket_size": 2e6}}
+    cfg = load_config("tiny", TINY + [f"deepspeed.overrides={json.dumps(big)}"])
+    t = towers(cfg)[1]
+    z3 = engine_buckets(cfg, "discriminator", t.hidden, DS_CONFIG_DIR / "zero3_fp32.json")
+    assert (z3["reduce_bucket"], z3["prefetch_bucket"], z3["persistence"]) == (8_000_000, 2_000_000, 10 * t.hidden)
+    assert engine_buckets(load_config("tiny", TINY), "discriminator", t.hidden,
+                          DS_CONFIG_DIR / "zero3_fp32.json")["reduce_bucket"] == MIN_AUTO_BUCKET  # "auto", H² < 5M
+    left_out = DS_CONFIG_DIR / "zero0_fp32.json"  # no zero buckets written at all
+    assert engine_buckets(load_config("tiny", TINY), "generator", 64, left_out)["reduce_bucket"] == 500_000_000
+    bad = load_config("tiny", TINY + ['deepspeed.overrides={zero_optimization: {reduce_bucket_size: lots}}'])
+    with pytest.raises(ConfigError, match="reduce_bucket_size = 'lots'"):
+        engine_buckets(bad, "generator", 64, DS_CONFIG_DIR / "zero2_fp32.json")
+
+    plain = {r["preset"]: r for r in estimate(load_config("tiny", TINY), 1, 2, 1 << 40)["options"]
+             if not r["activation_checkpointing"]}
+    rows = {r["preset"]: r for r in estimate(cfg, 1, 2, 1 << 40)["options"] if not r["activation_checkpointing"]}
+    for preset in ("zero1_fp32", "zero2_fp32"):
+        d = rows[preset]["engines"]["discriminator"]
+        assert d["backward_gpu"]["reduce bucket"] == 4 * 8_000_000 and "buffers" not in d["gpu"]
+        phases = {p["phase"]: p["gpu"] - q["gpu"] for p, q in zip(rows[preset]["phases"], plain[preset]["phases"])}
+        grown = 4 * (8_000_000 - MIN_AUTO_BUCKET)
+        assert phases["discriminator backward"] == phases["discriminator backward end"] == grown
+        assert phases["discriminator forward"] == phases["discriminator step"] == 0  # freed as the backward ends
+    z3row = rows["zero3_fp32"]["engines"]["discriminator"]
+    assert z3row["gpu"]["buffers"] == 4 * 8_000_000  # allocated with the engine
+    assert z3row["gpu_transient"]["gathered params"] == 4 * t.params  # no more than the tower, however large
+    overlap = load_config("tiny", TINY + ['deepspeed.overrides={zero_optimization: {overlap_comm: true}}'])
+    z2 = next(r for r in estimate(overlap, 1, 2, 1 << 40)["options"] if r["preset"] == "zero2_fp32")
+    assert z2["engines"]["discriminator"]["backward_gpu"]["reduce bucket"] == 2 * 4 * MIN_AUTO_BUCKET  # two in flight
+
+
+def test_the_estimate_follows_fewer_live_parameters_written_in_the_overrides():
+    """docs/zero.md's advice for a ZeRO-3 tower that overflows: lower stage3_max_live_parameters; the estimate must
+    see it (it once read only the presets' 1e9)."""
+    live = load_config("tiny", TINY + ['deepspeed.overrides={zero_optimization: {stage3_max_live_parameters: 100000}}'])
+    z3 = next(r for r in estimate(live, 1, 2, 1 << 40)["options"] if r["preset"] == "zero3_fp32")
+    for name, e in z3["engines"].items():
+        assert e["buckets"]["max_live"] == 100_000
+    base = next(r for r in estimate(load_config("tiny", TINY), 1, 2, 1 << 40)["options"] if r["preset"] == "zero3_fp32")
+    assert z3["peak_gpu_bytes"] < base["peak_gpu_bytes"]

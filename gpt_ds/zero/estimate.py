@@ -12,10 +12,10 @@ import json
 import re
 from pathlib import Path
 
-from gpt_ds.config import Config, ConfigError, batch_layout, load_config
+from gpt_ds.config import DS_CONFIG_DIR, Config, ConfigError, batch_layout, load_config
+from gpt_ds.ds_config import engine_buckets
 from gpt_ds.flops import step_flops
 from gpt_ds.kernels import encoder_fast_paths
-from gpt_ds.ds_config import auto_buckets
 from gpt_ds.zero.memory import OPTIONS, Option, model_states
 from gpt_ds.zero.sizes import (ASSUMED_VOCAB, activation_bytes, cpu_kernels_active, head_impl, head_workspace,
                                recompute_bytes, towers, vocab_size)
@@ -90,11 +90,13 @@ def _option_row(cfg, tws, opt: Option, ckpt: bool, prec, act, world, gpn, layout
     impl = head_impl(cfg.model.kernels, on_gpu)
     fast = cpu_kernels_active(on_gpu) and encoder_fast_paths(cfg.model.kernels, cfg.model.encoder_kernels)
     for t in tws:
-        st = model_states(t, opt, prec, world, **auto_buckets(t.hidden), on_gpu=on_gpu)
+        buckets = engine_buckets(cfg, t.name, t.hidden, DS_CONFIG_DIR / f"{opt.preset(prec)}.json")
+        st = model_states(t, opt, prec, world, **buckets, on_gpu=on_gpu)
         a = activation_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash, cpu_kernels=fast)
         ws = head_workspace(t, cfg, layout.micro_batch, act, impl)
         again = recompute_bytes(t, cfg, layout.micro_batch, act, checkpointing=ckpt, flash=flash, cpu_kernels=fast)
         engines[t.name] = {"gpu": st.gpu, "cpu": st.cpu, "gpu_transient": st.gpu_transient, "step_gpu": st.step_gpu,
+                           "backward_gpu": st.backward_gpu, "buckets": buckets,
                            "released_at_step": list(st.released), "activations": a,
                            "head_workspace": ws, "recomputed_layer": again}
         per.append((t.name, st, a, {"forward": ws["forward"], "backward": ws["backward"] + again}))
@@ -136,9 +138,9 @@ def peak_phases(per: list, grad_accum: int) -> list[dict]:
     the layer that activation checkpointing recomputes) per engine, generator first. A phase holds the persistent
     states; the activations, and the parameters ZeRO-3 keeps gathered, of every engine whose backward has not run;
     the gradients no step has freed yet (with gradient accumulation every engine's, carried between micro-batches);
-    and its own transients: the head's workspace and ZeRO-3's gathering while computing, the reduction's buffers as
-    a backward ends, the fp32 gradient copy while stepping. `gpu` is device memory; `cpu` what the engines hold in
-    CPU memory meanwhile (offload).
+    and its own transients: the head's workspace and ZeRO-3's gathering while computing, ZeRO-1/2's reduce bucket
+    through the backward, the reduction's buffers as a backward ends, the fp32 gradient copy while stepping. `gpu` is
+    device memory; `cpu` what the engines hold in CPU memory meanwhile (offload).
     """
     persistent = sum(st.gpu_persistent for _, st, _, _ in per)
     cpu = sum(st.cpu_total for _, st, _, _ in per)
@@ -163,10 +165,11 @@ def peak_phases(per: list, grad_accum: int) -> list[dict]:
         add(f"{name} forward", persistent + carried, acts(per[:i + 1]), kept(per[:i + 1]) + ws["forward"] + computing)
     for i, (name, st, _, ws) in enumerate(per):
         done = carried or grads(per[:i])  # engines whose backward has run hold their gradients until their step
+        bucket = sum(st.backward_gpu.values())
         add(f"{name} backward", persistent + done, acts(per[i:]), kept(per[i:]) + ws["backward"]
-            + sum(st.gpu_transient.values()))
+            + sum(st.gpu_transient.values()) + bucket)
         add(f"{name} backward end", persistent + (carried or grads(per[:i + 1])), acts(per[i + 1:]),
-            kept(per[i + 1:]) + sum(st.end_of_backward.values()))
+            kept(per[i + 1:]) + sum(st.end_of_backward.values()) + bucket)
     for i, (name, st, _, _) in enumerate(per):
         add(f"{name} step", persistent + grads(per[i:]), 0, sum(st.step_gpu.values()))
     return out

@@ -10,11 +10,14 @@ Follows what DeepSpeed 0.19 allocates (checked against real engines by bench/zer
 - offload_optimizer moves master, moments and an fp32 gradient partition to CPU memory; offload_param moves the
   parameter partitions too.
 
-When they live, for the peak: stage 0-2 free their gradients and buckets at the step (`released`); stage 3 keeps
-its gradient partition. The step itself allocates (`step_gpu`): stage 1-3 an fp32 gradient for the flat partition it
-updates (stage 3: one sub-group at a time). The optimizers of every preset update in place: torch's fused AdamW (the
-fp32 presets: gpt_ds fills "fused": true next to "torch_adam") and DeepSpeed's FusedAdam / CPU Adam (bf16/fp16);
-torch's default AdamW would add one or two temporaries the size of what it steps at once.
+When they live, for the peak: stage 0-2 free their gradients at the step (`released`); stage 3 keeps its gradient
+partition. Stage 1/2's reduce bucket (two with overlap_comm) is allocated at the backward's first gradient and freed
+as the backward ends (`backward_gpu`); stage 3's is allocated once, with the engine. ZeRO-3 never gathers more than
+the tower it computes, however large the prefetch bucket. The step itself allocates (`step_gpu`): stage 1-3 an fp32
+gradient for the flat partition it updates (stage 3: one sub-group at a time). The optimizers of every preset update
+in place: torch's fused AdamW (the fp32 presets: gpt_ds fills "fused": true next to "torch_adam") and DeepSpeed's
+FusedAdam / CPU Adam (bf16/fp16); torch's default AdamW would add one or two temporaries the size of what it steps at
+once.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ class States:
     step_gpu: dict = field(default_factory=dict)  # allocated by the optimizer step, then freed
     gpu_kept: dict = field(default_factory=dict)  # held from this engine's forward until its backward
     end_of_backward: dict = field(default_factory=dict)  # gradients on their way to a reduction, as backward ends
+    backward_gpu: dict = field(default_factory=dict)  # alive from this engine's first gradient to its backward's end
 
     @property
     def gpu_released(self) -> int:
@@ -97,9 +101,10 @@ def _touching_partition(sizes: tuple, world: int) -> int:
 
 def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bucket: int, prefetch_bucket: int,
                  persistence: int, sub_group: int = 10**9, max_live: int = 10**9, reuse_distance: int = 10**9,
-                 on_gpu: bool = True) -> States:
-    """Bucket and ZeRO-3 sizes in elements, as the ds_config says them; `on_gpu=False` for engines whose "device" is
-    the CPU (the runs that check this estimate), where there is nothing to fetch for offloaded parameters."""
+                 overlap_comm: bool = False, on_gpu: bool = True) -> States:
+    """Bucket and ZeRO-3 sizes in elements, as the ds_config says them (gpt_ds.ds_config.engine_buckets);
+    `on_gpu=False` for engines whose "device" is the CPU (the runs that check this estimate), where there is nothing
+    to fetch for offloaded parameters."""
     k = 4 if precision == "fp32" else 2  # bytes of a parameter / gradient element
     mixed = precision != "fp32"
     psi = t.params
@@ -117,8 +122,8 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
         part = sum(parts)
         st.gpu["params"] = k * psi
         st.gpu["grads"] = k * sum(_touching_partition(g, world) for g in t.groups if g)
-        st.gpu["buffers"] = k * reduce_bucket
-        st.released = ("grads", "buffers")
+        st.backward_gpu["reduce bucket"] = k * reduce_bucket * (2 if overlap_comm else 1)
+        st.released = ("grads",)
         if opt.stage == 1:  # whole gradients until the backward's end, then reduced into the partitions
             st.end_of_backward["full grads"] = k * psi
         else:  # each gradient whole until it is copied into the bucket
@@ -141,7 +146,7 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
     st.gpu["grads"] = k * part
     st.gpu["buffers"] = k * reduce_bucket
     _partitioned_optimizer(st, opt, part)
-    st.gpu_transient["gathered params"] = k * (t.largest_module + prefetch_bucket)
+    st.gpu_transient["gathered params"] = k * min(t.largest_module + prefetch_bucket, t.params)
     st.end_of_backward["a full grad"] = k * t.largest_param
     if world > 1 or (opt.offload == "param" and on_gpu):  # (one CPU rank computes on its partitions in place)
         st.gpu_kept["gathered params"] = k * _kept_gathered(t, persistent if world > 1 else 0, max_live,
