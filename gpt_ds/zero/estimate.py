@@ -169,7 +169,7 @@ def peak_phases(per: list, grad_accum: int) -> list[dict]:
         add(f"{name} backward", persistent + done, acts(per[i:]), kept(per[i:]) + ws["backward"]
             + sum(st.gpu_transient.values()) + bucket)
         add(f"{name} backward end", persistent + (carried or grads(per[:i + 1])), acts(per[i + 1:]),
-            kept(per[i + 1:]) + sum(st.end_of_backward.values()) + bucket)
+            kept(per[i + 1:]) + sum(st.end_of_backward.values()))
     for i, (name, st, _, _) in enumerate(per):
         add(f"{name} step", persistent + grads(per[i:]), 0, sum(st.step_gpu.values()))
     return out

@@ -12,7 +12,8 @@ Follows what DeepSpeed 0.19 allocates (checked against real engines by bench/zer
 
 When they live, for the peak: stage 0-2 free their gradients at the step (`released`); stage 3 keeps its gradient
 partition. Stage 1/2's reduce bucket (two with overlap_comm) is allocated at the backward's first gradient and freed
-as the backward ends (`backward_gpu`); stage 3's is allocated once, with the engine. ZeRO-3 never gathers more than
+as the backward ends (`backward_gpu`; stage 1 frees it before reducing its whole gradients, stage 2 after its last
+bucket); stage 3's is allocated once, with the engine. ZeRO-3 never gathers more than
 the tower it computes, however large the prefetch bucket. The step itself allocates (`step_gpu`): stage 1-3 an fp32
 gradient for the flat partition it updates (stage 3: one sub-group at a time). The optimizers of every preset update
 in place: torch's fused AdamW (the fp32 presets: gpt_ds fills "fused": true next to "torch_adam") and DeepSpeed's
@@ -122,12 +123,14 @@ def model_states(t: Tower, opt: Option, precision: str, world: int, *, reduce_bu
         part = sum(parts)
         st.gpu["params"] = k * psi
         st.gpu["grads"] = k * sum(_touching_partition(g, world) for g in t.groups if g)
-        st.backward_gpu["reduce bucket"] = k * reduce_bucket * (2 if overlap_comm else 1)
+        bucket = k * reduce_bucket * (2 if overlap_comm else 1)
+        st.backward_gpu["reduce bucket"] = bucket
         st.released = ("grads",)
-        if opt.stage == 1:  # whole gradients until the backward's end, then reduced into the partitions
-            st.end_of_backward["full grads"] = k * psi
-        else:  # each gradient whole until it is copied into the bucket
+        if opt.stage == 1:  # whole gradients until the backward's end, then reduced into the partitions (the bucket
+            st.end_of_backward["full grads"] = k * psi  # is freed first, as the backward's epilogue ends)
+        else:  # each gradient whole until it is copied into the bucket; the last bucket reduced as the backward ends
             st.end_of_backward["a full grad"] = k * t.largest_param
+            st.end_of_backward["reduce bucket"] = bucket
         _partitioned_optimizer(st, opt, part)
         st.step_gpu["fp32 flat gradient"] = 4 * part
         if mixed:  # each group flattened in bf16/fp16 first, then copied to fp32

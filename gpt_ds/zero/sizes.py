@@ -33,7 +33,7 @@ from gpt_ds.kernels.generator_torch import TILE_ROWS, tile_cols  # the chunked h
 from gpt_ds.model.discriminator import MPNetForReplacedTokenDetection, corrective_head
 from gpt_ds.model.hf_config import MPNET_FIRST_POSITION
 from gpt_ds.model.sizes import generator_sizes, scl_view_rows
-from gpt_ds.model.weight_decay import decays
+from gpt_ds.model.weight_decay import param_groups
 
 GEN_TILES = {"forward": 3, "backward": 2}  # logits, Gumbel noise, logits / T | logits -> gradient, gather temporaries
 DISC_BLOCKS = {"forward": 2, "backward": 3}  # pre-activation, GELU | pre, GELU x d, d(pre)
@@ -48,7 +48,7 @@ class Tower:
     ffn: int
     embedding: int
     vocab: int
-    groups: tuple  # per optimizer param group (decay, no-decay): tuple of parameter sizes in order
+    groups: tuple  # per optimizer param group, as pretraining builds them: tuple of parameter sizes in order
     largest_module: int  # parameters of the largest leaf module (ZeRO-3 gathers it whole)
     largest_param: int = 0  # elements of the largest parameter tensor
 
@@ -77,7 +77,7 @@ def vocab_size(cfg: Config, default: int | None = None) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, ffn: int, pos: int,
-                tied: bool = True, corrective: bool = False, arch: str = "electra") -> tuple:
+                tied: bool = True, corrective: bool = False, arch: str = "electra", lr_decay: float = 1.0) -> tuple:
     if arch == "mpnet":
         conf = MPNetConfig(vocab_size=vocab, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
                            intermediate_size=ffn, max_position_embeddings=pos + MPNET_FIRST_POSITION,
@@ -86,7 +86,7 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
             model = (MPNetForMaskedLM if kind == "generator" else MPNetForReplacedTokenDetection)(conf)
             if corrective:
                 model.corrective = corrective_head(conf)
-        return _counts(model)
+        return _counts(model, layers, lr_decay)
     conf = ElectraConfig(vocab_size=vocab, embedding_size=e, hidden_size=h, num_hidden_layers=layers,
                          num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=pos,
                          tie_word_embeddings=tied)
@@ -94,15 +94,16 @@ def _meta_tower(kind: str, vocab: int, e: int, h: int, layers: int, heads: int, 
         model = (ElectraForMaskedLM if kind == "generator" else ElectraForPreTraining)(conf)
         if corrective:  # the discriminator's corrective LM head (objective.disc_mlm_weight > 0)
             model.corrective = corrective_head(conf)
-    return _counts(model)
+    return _counts(model, layers, lr_decay)
 
 
-def _counts(model: torch.nn.Module) -> tuple:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # tied weights appear once, as DeepSpeed sees them
-        (decay if decays(name) else no_decay).append(p.numel())
+def _counts(model: torch.nn.Module, layers: int, lr_decay: float) -> tuple:
+    """(the optimizer's param groups as tuples of parameter sizes, largest module). The groups come from the rule
+    pretraining uses (two, or one per depth with optim.encoder_layer_lr_decay): ZeRO-1/2 partition each group on its
+    own, so a rank's gradients depend on them. Tied weights appear once, as DeepSpeed sees them."""
+    groups = param_groups(model, 0.01, 1.0, lr_decay, layers)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return tuple(decay), tuple(no_decay), largest
+    return tuple(tuple(p.numel() for p in g["params"]) for g in groups), largest
 
 
 def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
@@ -119,12 +120,13 @@ def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
         specs.append(("generator", m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size))
     out = []
     for name, h, layers, heads, ffn in specs:
-        decay, no_decay, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn,
-                                               m.max_position_embeddings, m.tie_output_embeddings,
-                                               name == "discriminator" and cfg.objective.disc_mlm_weight > 0,
-                                               m.arch)
-        out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, (decay, no_decay), largest,
-                         max(decay + no_decay)))
+        downstream = name == "discriminator" or len(specs) == 1  # the tower optim.encoder_layer_lr_decay applies to
+        groups, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn, m.max_position_embeddings,
+                                      m.tie_output_embeddings,
+                                      name == "discriminator" and cfg.objective.disc_mlm_weight > 0, m.arch,
+                                      cfg.optim.encoder_layer_lr_decay if downstream else 1.0)
+        out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, groups, largest,
+                         max(n for g in groups for n in g)))
     return out
 
 
