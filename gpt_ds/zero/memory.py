@@ -13,12 +13,11 @@ Follows what DeepSpeed 0.19 allocates (checked against real engines by bench/zer
 When they live, for the peak: stage 0-2 free their gradients at the step (`released`); stage 3 keeps its gradient
 partition. Stage 1/2's reduce bucket (two with overlap_comm) is allocated at the backward's first gradient and freed
 as the backward ends (`backward_gpu`; stage 1 frees it before reducing its whole gradients, stage 2 after its last
-bucket); stage 3's is allocated once, with the engine. ZeRO-3 never gathers more than
-the tower it computes, however large the prefetch bucket. The step itself allocates (`step_gpu`): stage 1-3 an fp32
-gradient for the flat partition it updates (stage 3: one sub-group at a time). The optimizers of every preset update
-in place: torch's fused AdamW (the fp32 presets: gpt_ds fills "fused": true next to "torch_adam") and DeepSpeed's
-FusedAdam / CPU Adam (bf16/fp16); torch's default AdamW would add one or two temporaries the size of what it steps at
-once.
+bucket); stage 3's is allocated once, with the engine. ZeRO-3 never gathers more than the tower it computes, however
+large the prefetch bucket. The step itself allocates (`step_gpu`): stage 1-3 an fp32 gradient for the flat partition
+it updates (stage 3: one sub-group at a time). The optimizers of every preset update in place: torch's fused AdamW
+(the fp32 presets: gpt_ds fills "fused": true next to "torch_adam") and DeepSpeed's FusedAdam / CPU Adam
+(bf16/fp16); torch's default AdamW would add one or two temporaries the size of what it steps at once.
 """
 from __future__ import annotations
 
