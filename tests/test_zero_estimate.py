@@ -127,7 +127,12 @@ def test_parse_bytes_and_cli(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["world_size"] == 2 and out["recommended"]["preset"].endswith("_fp32.json")
     assert cli_main(["estimate", "tiny", *TINY, "--gpus-per-node", "2", "--gpu-mem", "8GB"]) == 0
-    assert "recommended:" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "recommended:" in text and "buckets (elements) reduce 5,000,000, ZeRO-3 prefetch 5,000,000" in text
+    own = 'deepspeed.discriminator_overrides={zero_optimization: {reduce_bucket_size: 123456}}'
+    assert cli_main(["estimate", "tiny", *TINY, own, "--gpus-per-node", "2"]) == 0
+    lines = {x.split(":")[0].strip(): x for x in capsys.readouterr().out.splitlines() if "buckets (elements)" in x}
+    assert "reduce 123,456," in lines["discriminator"] and "reduce 5,000,000," in lines["generator"]
     # a preset with neither a vocabulary size nor a tokenizer still gets an estimate, with the assumption said
     assert cli_main(["estimate", "tiny", "--gpus-per-node", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

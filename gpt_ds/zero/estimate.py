@@ -218,8 +218,12 @@ def run(args: argparse.Namespace) -> int:
     if est["assumptions"]["vocab_size_assumed"]:
         print(f"  vocabulary: {est['vocab_size']} assumed (neither model.vocab_size nor data.tokenizer is set; set "
               f"either for the real figure)")
+    z3 = next(r for r in est["options"] if r["option"] == "ZeRO-3")
     for name, e in est["engines"].items():
-        print(f"  {name}: {e['params'] / 1e6:.2f} M params, largest module {e['largest_module_params'] / 1e6:.2f} M")
+        b = z3["engines"][name]["buckets"]  # what the rows assume: the presets with this config's overrides
+        print(f"  {name}: {e['params'] / 1e6:.2f} M params, largest module {e['largest_module_params'] / 1e6:.2f} M; "
+              f"buckets (elements) reduce {b['reduce_bucket']:,}, ZeRO-3 prefetch {b['prefetch_bucket']:,}, "
+              f"persistence {b['persistence']:,}")
     print(f"  FLOPs/step: generator {f['generator']:.3g} + discriminator {f['discriminator']:.3g} + sampling "
           f"{f['sampling']:.3g} = {f['total']:.3g}; at MFU {args.mfu} of {args.peak_tflops} TFLOP/s per GPU")
     print(f"\n  {'option':<28}{'ckpt':>5}{'states':>9}{'activ':>9}{'transnt':>9}{'peak':>9}  {'peak during':<23}"
