@@ -336,6 +336,12 @@ def main() -> int:
     head = f"mean@{a.scarce}" if a.scarce_only else "mean"
     keys = [f"{t}@{a.scarce}" if a.scarce_only else t for t in tasks]
     from gpt_ds.finetune.metrics import seeds_p_value
+    # every budget, not only the largest: the objectives' i-th checkpoints are the same fraction of the same FLOPs
+    by_kind = {k: sorted((r for r in rows if r["objective"] == k), key=lambda r: r["flops"]) for k in points}
+    for e, m in zip(by_kind["electra"], by_kind["mlm"]):
+        e["p_vs_mlm"] = {k: seeds_p_value(e["seed_accuracies"][k], m["seed_accuracies"][k]) for k in keys}
+        print(f"at {e['flops']:.3g} FLOPs, electra {e[head]:.1f} vs mlm {m[head]:.1f} ({head}); p per task: "
+              + ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} -" for k, v in e["p_vs_mlm"].items()))
     p = {"electra_vs_mlm": {k: seeds_p_value(top["electra"]["seed_accuracies"][k], top["mlm"]["seed_accuracies"][k])
                             for k in keys},
          "electra_vs_random": {k: seeds_p_value(top["electra"]["seed_accuracies"][k], random_seeds[k]) for k in keys}}

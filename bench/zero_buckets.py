@@ -58,8 +58,9 @@ def main() -> None:
     h_disc = cfg.model.hidden_size
     h_gen = generator_sizes(cfg.model)["hidden_size"] if cfg.model.arch == "electra" else h_disc  # MPNet: GDES width
 
-    def h2(h: int) -> str:
-        return f"{{zero_optimization: {{reduce_bucket_size: {h * h}, stage3_prefetch_bucket_size: {int(0.9 * h * h)}}}}}"
+    def h2(h: int) -> str:  # transformers' values, written into the ds_config
+        sizes = {"reduce_bucket_size": h * h, "stage3_prefetch_bucket_size": int(0.9 * h * h)}
+        return json.dumps({"zero_optimization": sizes})
     variants = {"h_squared": [f"deepspeed.generator_overrides={h2(h_gen)}",
                               f"deepspeed.discriminator_overrides={h2(h_disc)}"], "auto": []}
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -68,9 +69,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.rounds):
             for name, extra in variants.items():
-                s, losses[name], buckets[name] = run(args.preset, args.steps, args.warmup, [f"deepspeed.generator={ds}",
-                              f"deepspeed.discriminator={ds}", *args.set, *extra], Path(tmp) / f"{name}{i}", args.store,
-                              args.tokenizer)
+                overrides = [f"deepspeed.generator={ds}", f"deepspeed.discriminator={ds}", *args.set, *extra]
+                s, losses[name], buckets[name] = run(args.preset, args.steps, args.warmup, overrides,
+                                                     Path(tmp) / f"{name}{i}", args.store, args.tokenizer)
                 times[name].append(s)
                 print(f"round {i}: {name} {s:.3f} s/step", flush=True)
     ratios = [a / b for a, b in zip(times["h_squared"], times["auto"])]

@@ -112,10 +112,12 @@ def _run(cname: str, preset: str, ckpt: bool, world: int, rank: int, tmp: str) -
     peak, at = max(((total, t) for t, total in totals if steps[0] <= t <= steps[1]), default=(base, 0))
     peak -= base
     where = [name[6:] for a, b, name in phases if a <= at <= b]
-    last = phases[-len(PHASES):]  # the last step's phases: the high point of each, for the tables in docs/
-    each = {name[6:]: max((total for t, total in totals if a <= t <= b), default=base) - base for a, b, name in last}
-    first = {name[6:]: max((total for t, total in totals if a <= t <= b), default=base) - base
-             for a, b, name in phases[:len(PHASES)]}  # the first step's: what only a first step allocates shows here
+
+    def high_points(step_phases) -> dict:
+        return {name[6:]: max((total for t, total in totals if a <= t <= b), default=base) - base
+                for a, b, name in step_phases}
+    # the last step's phases, for the tables in docs/; the first step's, where what only a first step allocates shows
+    each, first = high_points(phases[-len(PHASES):]), high_points(phases[:len(PHASES)])
     # ZeRO-3's reduce bucket: allocated once per engine, the same size on any number of ranks (not partitioned)
     bucket = sum(e.zero_reduce_bucket_size() * 4 for e in (eng.generator, eng.discriminator)
                  if e.zero_optimization_stage() == 3)
@@ -124,8 +126,8 @@ def _run(cname: str, preset: str, ckpt: bool, world: int, rank: int, tmp: str) -
     del trainer, eng, e, prof, mark
     gc.collect()
     return {"config": cname, "preset": preset, "checkpointing": ckpt, "world": world, "rank": rank, "peak": peak,
-            "peak_in": where[-1] if where else "-", "states": held["bytes"], "phases": each, "first_step_phases": first, "live_before": base,
-            "zero3_bucket_bytes": bucket}
+            "peak_in": where[-1] if where else "-", "states": held["bytes"], "phases": each, "first_step_phases": first,
+            "live_before": base, "zero3_bucket_bytes": bucket}
 
 
 def _timeline(prof) -> tuple:

@@ -54,9 +54,10 @@ def _own(ds: dict, key: str, value, where: str, gpt_key: str, problems: list[str
     ds[key] = value
 
 
-def merged_ds_config(cfg: Config, engine: str) -> tuple[Path, dict]:
-    """The engine's ds_config file with cfg.deepspeed.overrides and <engine>_overrides merged in, nothing filled."""
-    path = ds_config_path(cfg, engine)
+def merged_ds_config(cfg: Config, engine: str, path: Path | None = None) -> tuple[Path, dict]:
+    """The engine's ds_config file (or `path`, a preset the estimator tries) with cfg.deepspeed.overrides and
+    <engine>_overrides merged in, nothing filled."""
+    path = path or ds_config_path(cfg, engine)
     ds = load_ds_json(path, f"deepspeed.{engine}")
     ds = _merge(ds, cfg.deepspeed.overrides)
     return path, _merge(ds, getattr(cfg.deepspeed, f"{engine}_overrides"))
@@ -69,42 +70,36 @@ MIN_AUTO_BUCKET = 5_000_000
 
 
 def auto_buckets(hidden: int) -> dict:
-    """The values gpt_ds fills for "auto": transformers' DeepSpeed rule (scaled from the engine's hidden size) with a
-    floor for the buckets, which the estimator models (bench/zero_memory.py --set checks it at any size)."""
-    return {"reduce_bucket": max(hidden * hidden, MIN_AUTO_BUCKET),
-            "prefetch_bucket": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET), "persistence": 10 * hidden}
+    """The values gpt_ds fills for "auto", by ds_config key: transformers' DeepSpeed rule (scaled from the engine's
+    hidden size) with a floor for the buckets, which the estimator models (bench/zero_memory.py --set checks it at any
+    size)."""
+    return {"reduce_bucket_size": max(hidden * hidden, MIN_AUTO_BUCKET),
+            "stage3_prefetch_bucket_size": max(int(0.9 * hidden * hidden), MIN_AUTO_BUCKET),
+            "stage3_param_persistence_threshold": 10 * hidden}
 
 
-# What DeepSpeed uses for a key the ds_config leaves out (DeepSpeedZeroConfig), and model_states' name for each
-_DS_DEFAULTS = {"reduce_bucket_size": (500_000_000, "reduce_bucket"),
-                "stage3_prefetch_bucket_size": (50_000_000, "prefetch_bucket"),
-                "stage3_param_persistence_threshold": (100_000, "persistence"),
-                "sub_group_size": (1_000_000_000, "sub_group"),
-                "stage3_max_live_parameters": (1_000_000_000, "max_live"),
-                "stage3_max_reuse_distance": (1_000_000_000, "reuse_distance")}
+# model_states' argument for each size DeepSpeed's ZeRO config reads (its field names)
+_SIZES = {"reduce_bucket_size": "reduce_bucket", "prefetch_bucket_size": "prefetch_bucket",
+          "param_persistence_threshold": "persistence", "sub_group_size": "sub_group",
+          "max_live_parameters": "max_live", "max_reuse_distance": "reuse_distance"}
 
 
 def engine_buckets(cfg: Config, engine: str, hidden: int, preset: Path) -> dict:
     """The bucket and ZeRO-3 sizes (elements) and `overlap_comm` an engine gets when it runs the ds_config `preset`
-    with the run's overrides: a number as written, "auto" as gpt_ds fills it, a key left out as DeepSpeed's default.
-    The estimator sizes its buffers by these, so a ds_config that writes larger buckets for speed, or fewer live
-    parameters for memory, is estimated as it will run."""
-    ds = _merge(_merge(load_ds_json(preset, f"deepspeed.{engine}"), cfg.deepspeed.overrides),
-                getattr(cfg.deepspeed, f"{engine}_overrides"))
-    zero = ds.get("zero_optimization") if isinstance(ds.get("zero_optimization"), dict) else {}
-    auto = dict(zip(("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"),
-                    auto_buckets(hidden).values()))
-    out = {}
-    for key, (default, name) in _DS_DEFAULTS.items():
-        value = zero.get(key, default)
-        try:
-            out[name] = auto[key] if value == "auto" and key in auto else int(float(value))
-        except (TypeError, ValueError):
-            raise ConfigError(f"deepspeed.{engine} ({preset} + overrides): zero_optimization.{key} = {value!r}; "
-                              f"give a number of elements" + (" or \"auto\"" if key in auto else "")) from None
-    # DeepSpeed's default: on for ZeRO-3, off below
-    out["overlap_comm"] = bool(zero.get("overlap_comm", zero.get("stage", 0) == 3))
-    return out
+    with the run's overrides: "auto" filled as gpt_ds fills it, the rest read by DeepSpeed's own ZeRO config (a
+    number as written, a key left out as DeepSpeed's default). The estimator sizes its buffers by these, so a ds_config
+    that writes larger buckets for speed, or fewer live parameters for memory, is estimated as it will run."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    _, ds = merged_ds_config(cfg, engine, preset)
+    zero = dict(ds.get("zero_optimization") or {})
+    zero.update({k: v for k, v in auto_buckets(hidden).items() if zero.get(k) == "auto"})
+    try:
+        z = DeepSpeedZeroConfig(**zero)
+    except ValueError as e:  # pydantic's ValidationError: say which key and what to give, not a traceback
+        bad = "; ".join(f"zero_optimization.{'.'.join(map(str, x['loc']))} = {x.get('input')!r}" for x in e.errors())
+        raise ConfigError(f"deepspeed.{engine} ({preset} + overrides): {bad}: give a number of elements (or \"auto\" "
+                          f"for the buckets and the persistence threshold)") from None
+    return {**{name: int(getattr(z, field)) for field, name in _SIZES.items()}, "overlap_comm": bool(z.overlap_comm)}
 
 
 def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size: int | None = None,
@@ -159,10 +154,7 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
     if not isinstance(zero, dict):
         found.append(f"{where}: 'zero_optimization' must be a JSON object, got {zero!r}")
         zero = ds["zero_optimization"] = {}
-    auto = auto_buckets(hidden_size or cfg.model.hidden_size)
-    for key, value in (("reduce_bucket_size", auto["reduce_bucket"]),
-                       ("stage3_prefetch_bucket_size", auto["prefetch_bucket"]),
-                       ("stage3_param_persistence_threshold", auto["persistence"])):
+    for key, value in auto_buckets(hidden_size or cfg.model.hidden_size).items():
         if zero.get(key) == "auto":
             zero[key] = value
     leftover = [k for k, v in _walk(ds) if v == "auto"]

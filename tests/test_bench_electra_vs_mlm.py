@@ -152,3 +152,7 @@ def test_jobs_run_the_pretraining_runs_side_by_side_and_give_the_same_line(tmp_p
     assert two == line(1)
     assert two["electra_minus_mlm"] == pytest.approx(10.0) and two["electra_minus_random"] == pytest.approx(20.0)
     assert len(two["table"]) == 4  # two budget points per objective
+    # ELECTRA against the MLM at each budget, not only the largest: every ELECTRA seed above every MLM seed here
+    electra = [r for r in two["table"] if r["objective"] == "electra"]
+    assert len(electra) == 2 and all(r["p_vs_mlm"]["question-type@500"] < 0.2 for r in electra)
+    assert "p_vs_mlm" not in next(r for r in two["table"] if r["objective"] == "mlm")

@@ -14,7 +14,7 @@ import torch
 from gpt_ds.cli import main as cli_main
 from gpt_ds.config import DS_CONFIG_DIR, ConfigError, load_config
 from gpt_ds.zero.estimate import estimate, parse_bytes, peak_phases
-from gpt_ds.ds_config import auto_buckets
+from gpt_ds.ds_config import engine_buckets
 from gpt_ds.zero.memory import OPTIONS, Option, States, _kept_gathered, _touching_partition, model_states
 from gpt_ds.kernels.generator_torch import TILE_ELEMS
 from gpt_ds.zero.sizes import (cpu_kernels_active, encoder_activation_bytes, head_workspace,
@@ -22,6 +22,11 @@ from gpt_ds.zero.sizes import (cpu_kernels_active, encoder_activation_bytes, hea
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model.vocab_size=1000"]
+
+
+def _sizes(t) -> dict:
+    """What model_states gets for tower `t` under the ZeRO-3 preset with gpt_ds's "auto" filled in."""
+    return engine_buckets(load_config("tiny", TINY), t.name, t.hidden, DS_CONFIG_DIR / "zero3_bf16.json")
 
 
 def test_tower_sizes_match_the_models_gpt_ds_builds():
@@ -82,7 +87,7 @@ def test_model_states_agree_with_deepspeed_estimator():
             world = nodes * gpn
             for opt, off, off_p in ((Option(3), False, False), (Option(3, "optimizer"), True, False),
                                     (Option(3, "param"), True, True)):
-                st = model_states(t, opt, "bf16", world, **auto_buckets(t.hidden))
+                st = model_states(t, opt, "bf16", world, **_sizes(t))
                 cpu, gpu, largest = estimate_zero3_model_states_mem_needs(
                     t.params, t.largest_module, num_gpus_per_node=gpn, num_nodes=nodes, cpu_offload=off,
                     cpu_offload_params=off_p, zero_init=True, additional_buffer_factor=1.0)
@@ -95,9 +100,9 @@ def test_model_states_agree_with_deepspeed_estimator():
 
 def test_zero3_states_shrink_with_ranks_and_stage_order():
     t = towers(load_config("electra-small"))[1]
-    per = {n: model_states(t, Option(3), "bf16", n, **auto_buckets(t.hidden)).total for n in (1, 2, 8)}
+    per = {n: model_states(t, Option(3), "bf16", n, **_sizes(t)).total for n in (1, 2, 8)}
     assert 0.45 < per[2] / per[1] < 0.55 and per[8] < per[2] / 3
-    totals = [model_states(t, o, "bf16", 8, **auto_buckets(t.hidden)).gpu_steady for o in OPTIONS]
+    totals = [model_states(t, o, "bf16", 8, **_sizes(t)).gpu_steady for o in OPTIONS]
     assert totals[0] > totals[1] > totals[3] > totals[4] > totals[5]
 
 
@@ -185,7 +190,7 @@ def test_zero3_keeps_gathered_params_from_forward_to_backward():
     assert _kept_gathered(t, 1000, 10**9, 10**9) == t.params - 1000  # the presets: everything stays gathered
     assert _kept_gathered(t, 0, 10**6, 10**9) == 10**6  # stage3_max_live_parameters caps it
     assert _kept_gathered(t, 0, 10**9, 2 * 10**6) == 10**6  # a short reuse distance frees the early layers
-    b = auto_buckets(t.hidden)
+    b = _sizes(t)
     assert not model_states(t, Option(3), "bf16", 1, **b).gpu_kept  # one rank works on its whole partitions
     assert model_states(t, Option(3), "bf16", 8, **b).gpu_kept["gathered params"] > t.params  # 2 B x most params
     assert model_states(t, Option(3, "param"), "bf16", 1, **b).gpu_kept  # fetched from CPU memory onto the GPU
@@ -199,7 +204,7 @@ def test_zero3_keeps_gathered_params_from_forward_to_backward():
 
 def test_gradients_are_freed_at_the_step_except_zero3s():
     t = towers(load_config("electra-small"))[1]
-    b = auto_buckets(t.hidden)
+    b = _sizes(t)
     for opt in OPTIONS:
         st = model_states(t, opt, "fp32", 4, **b)
         assert ("grads" in st.released) == (opt.stage < 3), opt
