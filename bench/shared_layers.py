@@ -36,7 +36,7 @@ def share_lower_layers(engines) -> int:
     if engines.generator.zero_optimization_stage() != 0 or engines.discriminator.zero_optimization_stage() != 0:
         raise SystemExit("shared_layers: ZeRO-0 only (deepspeed.generator/discriminator=ds_configs/zero0_fp32.json)")
     if engines.generator.dp_world_size != 1:
-        raise SystemExit("shared_layers: one rank only")
+        raise SystemExit("shared_layers: one rank only (leave out --nproc and run it outside a launcher)")
     g_enc, d_enc = gen.backbone.encoder, disc.backbone.encoder
     k = len(g_enc.layer)
     if k > len(d_enc.layer) or gen.mlm.config.hidden_size != disc.pt.config.hidden_size:
