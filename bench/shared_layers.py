@@ -40,7 +40,8 @@ def share_lower_layers(engines) -> int:
     g_enc, d_enc = gen.backbone.encoder, disc.backbone.encoder
     k = len(g_enc.layer)
     if k > len(d_enc.layer) or gen.mlm.config.hidden_size != disc.pt.config.hidden_size:
-        raise SystemExit("shared_layers: the generator must be no deeper and as wide as the discriminator")
+        raise SystemExit("shared_layers: the generator must be no deeper and as wide as the discriminator "
+                         "(model.generator_layers <= model.num_layers, model.generator_hidden_ratio=1)")
     lower = list(d_enc.layer[:k])  # a plain list: not registered in the generator, so its engine never touches them
 
     def forward(hidden_states, attention_mask=None, output_attentions=False, output_hidden_states=False,
