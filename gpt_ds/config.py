@@ -144,6 +144,9 @@ class OptimConfig:
     # < 1: layer i of the encoder handed downstream (the discriminator's; the MLM's own) learns at
     # lr * decay ** (i + 1), its embeddings and heads at lr (docs/results.md §8.5)
     encoder_layer_lr_decay: float = 1.0
+    # > 0: an ELECTRA run's generator learns at this peak rate, the discriminator at lr (0: both at lr). The small
+    # generator is the tower a short run leaves undertrained: its fill-mask guesses (docs/results.md §8.25)
+    generator_lr: float = 0.0
 
 
 @dataclass
@@ -416,6 +419,11 @@ def validate(cfg: Config) -> None:
     op = cfg.optim
     if not (math.isfinite(op.lr) and op.lr > 0):
         problems.append(f"optim.lr = {op.lr} must be a finite number > 0")
+    if not (math.isfinite(op.generator_lr) and op.generator_lr >= 0):
+        problems.append(f"optim.generator_lr = {op.generator_lr} must be a finite number >= 0 (0: optim.lr)")
+    elif op.generator_lr > 0 and o.kind != "electra":
+        problems.append(f"optim.generator_lr = {op.generator_lr} sets an ELECTRA run's generator rate; under "
+                        f"objective.kind={o.kind} the masked LM learns at optim.lr: drop the key or set that")
     for key in ("watchdog_warn_s", "watchdog_timeout_s"):
         if not getattr(t, key) >= 0:
             problems.append(f"train.{key} = {getattr(t, key)} must be >= 0 (0: off)")

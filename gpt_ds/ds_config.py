@@ -135,13 +135,15 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
     if isinstance(opt, dict):
         params = opt.setdefault("params", {})
         o = cfg.optim
-        for key, value in (("lr", o.lr), ("betas", [o.beta1, o.beta2]), ("eps", o.eps),
+        own_lr = engine == "generator" and o.generator_lr > 0  # an ELECTRA generator's own rate (config refuses MLM)
+        for key, value in (("lr", o.generator_lr if own_lr else o.lr), ("betas", [o.beta1, o.beta2]), ("eps", o.eps),
                            ("weight_decay", o.weight_decay)):
             cur = params.get(key, "auto")
             if cur != "auto" and cur != value and not (key == "betas" and isinstance(cur, (list, tuple))
                                                        and list(cur) == value):
-                found.append(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim."
-                             f"{'beta1/beta2' if key == 'betas' else key} = {value!r}; remove it or use \"auto\"")
+                name = {"betas": "beta1/beta2", "lr": "generator_lr" if own_lr else "lr"}.get(key, key)
+                found.append(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim.{name} = {value!r}; "
+                             f"remove it or use \"auto\"")
             params[key] = value
         if (str(opt.get("type", "")).lower() in ("adam", "adamw") and params.get("torch_adam")
                 and "fused" not in params and "foreach" not in params):

@@ -86,6 +86,7 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
         f"{cfg.optim.weight_decay}"
         + (f"; the {'masked LM' if cfg.objective.kind == 'mlm' else 'discriminator'}'s encoder layer i (from 0) at "
            f"lr x {cfg.optim.encoder_layer_lr_decay:g}^(i+1)" if cfg.optim.encoder_layer_lr_decay != 1 else "")
+        + (f"; the generator at lr {cfg.optim.generator_lr}" if cfg.optim.generator_lr > 0 else "")
         + f"; precision {cfg.train.precision}.",
     ]
     if metrics:

@@ -25,7 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(port: int, stage: int, kind: str, q) -> None:
+def _worker(port: int, stage: int, kind: str, extra: list, q) -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import deepspeed
 
@@ -35,7 +35,7 @@ def _worker(port: int, stage: int, kind: str, q) -> None:
     ds = f"ds_configs/zero{stage}_fp32.json"
     cfg = load_config("tiny", [*FAST, "model.num_layers=3", f"optim.lr={LR}", f"optim.warmup_steps={WARMUP}",
                                f"optim.encoder_layer_lr_decay={DECAY}", f"objective.kind={kind}",
-                               f"deepspeed.generator={ds}", f"deepspeed.discriminator={ds}"])
+                               f"deepspeed.generator={ds}", f"deepspeed.discriminator={ds}", *extra])
     eng = build_engines(cfg, batch_layout(cfg, 1), 300, 0)
     out = {}
     for name, e in (("generator", eng.generator), ("discriminator", eng.discriminator)):
@@ -51,10 +51,10 @@ def _worker(port: int, stage: int, kind: str, q) -> None:
     q.put(out)
 
 
-def _run(stage: int, kind: str) -> dict:
+def _run(stage: int, kind: str, extra: tuple = ()) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_worker, args=(_free_port(), stage, kind, q))
+    p = ctx.Process(target=_worker, args=(_free_port(), stage, kind, list(extra), q))
     p.start()
     out = q.get(timeout=300)
     p.join(60)
@@ -77,6 +77,32 @@ def test_discriminator_layers_learn_slower_the_generator_not(stage):
         for n in ("pt.electra.embeddings.word_embeddings.weight", "pt.electra.embeddings.LayerNorm.weight",
                   "pt.discriminator_predictions.dense.weight", "corrective.out.bias"):
             assert named[n] == pytest.approx(now)
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_generator_lr_moves_the_generator_only(stage):
+    """optim.generator_lr: the generator's every group at its own peak rate, the discriminator's still at lr."""
+    gen_lr = 0.03
+    out = _run(stage, "electra", (f"optim.generator_lr={gen_lr}",))
+    now = LR * 2 / WARMUP
+    assert out["generator"][0] == [pytest.approx(gen_lr * 2 / WARMUP)] * 2
+    assert max(out["discriminator"][0]) == pytest.approx(now)  # embeddings and heads at lr, layers decayed below it
+
+
+def test_generator_lr_refused_where_it_means_nothing():
+    from gpt_ds.checkpoint.compat import model_differences
+    from gpt_ds.config import ConfigError, load_config
+    assert load_config("tiny", FAST).optim.generator_lr == 0  # off: both towers at optim.lr
+    for bad, what in (("-1e-3", ">= 0"), ("nan", ">= 0")):
+        with pytest.raises(ConfigError, match=f"optim.generator_lr = .* {what}"):
+            load_config("tiny", [*FAST, f"optim.generator_lr={bad}"])
+    with pytest.raises(ConfigError, match="objective.kind=mlm the masked LM learns at optim.lr"):
+        load_config("tiny", [*FAST, "optim.generator_lr=3e-3", "objective.kind=mlm"])
+    saved = load_config("tiny", FAST).to_dict()
+    diffs = model_differences(saved, load_config("tiny", [*FAST, "optim.generator_lr=3e-3"]))
+    assert diffs == ["optim.generator_lr: 0.0 -> 0.003 (the checkpoint's optimizer groups hold the generator's rate)"]
+    del saved["optim"]["generator_lr"]  # a checkpoint from before the key: the generator at lr
+    assert model_differences(saved, load_config("tiny", FAST)) == []
 
 
 def test_the_mlm_decays_its_own_encoder():

@@ -281,6 +281,9 @@ def test_export_reloads_with_plain_transformers(full_run, tmp_path):
     (["model.hidden_dropout=1.5"], "model.hidden_dropout = 1.5 must be in [0, 1)"),
     (["objective.disc_mlm_weight=-1"], "objective.disc_mlm_weight = -1.0 must be a finite number >= 0"),
     (["objective.disc_scl_weight=1", "objective.scl_rows=0"], "objective.scl_rows = 0.0 must be in (0, 1]"),
+    # the generator's ds_config optimizer is held to optim.generator_lr, the discriminator's to optim.lr
+    (["optim.generator_lr=3e-3", "deepspeed.generator_overrides={optimizer: {params: {lr: 1.0e-3}}}"],
+     "'optimizer.params.lr' = 0.001 contradicts optim.generator_lr = 0.003"),
 ])
 def test_bad_config_is_refused_before_launch(tmp_path, overrides, needle):
     p = gpt_ds("pretrain", "tiny", *FAST, f"run.dir={tmp_path / 'r'}", *overrides, "--nproc", "2", check=False,

@@ -45,6 +45,10 @@ def model_differences(saved: dict, cfg: Config) -> list[str]:
     if old_d != new_d:
         out.append(f"optim.encoder_layer_lr_decay: {old_d!r} -> {new_d!r} (the checkpoint's optimizer groups hold "
                    f"the per-layer rates)")
+    old_g, new_g = saved.get("optim", {}).get("generator_lr", 0.0), cfg.optim.generator_lr
+    if old_g != new_g:
+        out.append(f"optim.generator_lr: {old_g!r} -> {new_g!r} (the checkpoint's optimizer groups hold the "
+                   f"generator's rate)")
     return out
 
 

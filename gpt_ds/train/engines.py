@@ -78,12 +78,13 @@ def _initialize(model: torch.nn.Module, ds: dict, cfg: Config, downstream: bool)
     if zero_stage(ds) == 3:
         model.register_zero3_external_parameters()
     decay = cfg.optim.encoder_layer_lr_decay if downstream else 1.0
-    groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, decay,
+    lr = cfg.optim.generator_lr if not downstream and cfg.optim.generator_lr > 0 else cfg.optim.lr
+    groups = param_groups(model, cfg.optim.weight_decay, lr, decay,
                           _hf_model(model).config.num_hidden_layers)
     optimizer = None
     if "optimizer" not in ds:
         # fused: one kernel per tensor instead of ~6 passes (CPU and CUDA both have it); the step is the same AdamW
-        optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                       eps=cfg.optim.eps, fused=True)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=groups, config=ds,
