@@ -148,6 +148,10 @@ class OptimConfig:
     # generator is the tower a short run leaves undertrained: its fill-mask guesses (docs/results.md §8.25)
     generator_lr: float = 0.0
 
+    def peak_lr(self, electra_generator: bool) -> float:
+        """The one place that says which tower learns at generator_lr (validation refuses it outside ELECTRA)."""
+        return self.generator_lr if electra_generator and self.generator_lr > 0 else self.lr
+
 
 @dataclass
 class TrainConfig:

@@ -135,13 +135,12 @@ def resolve_ds_config(cfg: Config, engine: str, layout: BatchLayout, hidden_size
     if isinstance(opt, dict):
         params = opt.setdefault("params", {})
         o = cfg.optim
-        own_lr = engine == "generator" and o.generator_lr > 0  # an ELECTRA generator's own rate (config refuses MLM)
-        for key, value in (("lr", o.generator_lr if own_lr else o.lr), ("betas", [o.beta1, o.beta2]), ("eps", o.eps),
-                           ("weight_decay", o.weight_decay)):
+        lr = o.peak_lr(electra_generator=engine == "generator")
+        for key, value in (("lr", lr), ("betas", [o.beta1, o.beta2]), ("eps", o.eps), ("weight_decay", o.weight_decay)):
             cur = params.get(key, "auto")
             if cur != "auto" and cur != value and not (key == "betas" and isinstance(cur, (list, tuple))
                                                        and list(cur) == value):
-                name = {"betas": "beta1/beta2", "lr": "generator_lr" if own_lr else "lr"}.get(key, key)
+                name = {"betas": "beta1/beta2", "lr": "lr" if lr == o.lr else "generator_lr"}.get(key, key)
                 found.append(f"{where}: 'optimizer.params.{key}' = {cur!r} contradicts optim.{name} = {value!r}; "
                              f"remove it or use \"auto\"")
             params[key] = value

@@ -78,7 +78,7 @@ def _initialize(model: torch.nn.Module, ds: dict, cfg: Config, downstream: bool)
     if zero_stage(ds) == 3:
         model.register_zero3_external_parameters()
     decay = cfg.optim.encoder_layer_lr_decay if downstream else 1.0
-    lr = cfg.optim.generator_lr if not downstream and cfg.optim.generator_lr > 0 else cfg.optim.lr
+    lr = cfg.optim.peak_lr(electra_generator=not downstream)
     groups = param_groups(model, cfg.optim.weight_decay, lr, decay,
                           _hf_model(model).config.num_hidden_layers)
     optimizer = None
