@@ -156,4 +156,6 @@ def test_the_model_card_names_the_layer_rates(tmp_path):
     assert line and "the discriminator's encoder layer i (from 0) at lr x 0.5^(i+1)" in line[0]
     plain = model_card("discriminator", load_config("tiny", [*FAST, "optim.encoder_layer_lr_decay=1"]), {"step": 3},
                        tmp_path)
-    assert "encoder layer i" not in plain
+    assert "encoder layer i" not in plain and "the generator at lr" not in plain
+    own = model_card("generator", load_config("tiny", [*FAST, "optim.generator_lr=3e-3"]), {"step": 3}, tmp_path)
+    assert "; the generator at lr 0.003;" in own  # the card says the generator's own rate when it had one
