@@ -87,18 +87,26 @@ def show_examples(export_dir: Path, held_texts: list[str]) -> None:
     from gpt_ds.export import load_discriminator
     fill = pipeline("fill-mask", model=str(export_dir / "generator"), tokenizer=str(export_dir / "generator"))
     tok = AutoTokenizer.from_pretrained(export_dir / "discriminator")
-    print("\nfill-mask on held-out sentences (exported generator, pipeline('fill-mask')):")
+    print("\nfill-mask on held-out sentences (exported generator, pipeline('fill-mask'); the blank is the sentence's "
+          "longest word the tokenizer keeps whole, so one piece can fill it):")
     shown = 0
     for text in held_texts:
         sentence = next((s.strip() + "." for s in text.split(". ") if 8 <= len(s.split()) <= 20), None)
         if sentence is None:
             continue
         words = sentence.split()
-        target = max(range(1, len(words) - 1), key=lambda i: len(words[i].strip(",.")) if words[i].isalpha() else 0)
+        # one [MASK] stands for one piece (pretraining masks each piece on its own): a word of several pieces would
+        # ask for a piece that cannot fill the blank alone
+        whole = [i for i in range(1, len(words) - 1)
+                 if words[i].isalpha() and len(tok(words[i], add_special_tokens=False)["input_ids"]) == 1]
+        if not whole:
+            continue
+        target = max(whole, key=lambda i: len(words[i]))
+        answer = words[target]
         words[target] = tok.mask_token
         masked = " ".join(words)
         guesses = ", ".join(f"{r['token_str'].strip()!r} {r['score']:.2f}" for r in fill(masked, top_k=3))
-        print(f"  {masked}\n    -> {guesses}")
+        print(f"  {masked}\n    -> {guesses}   (the text: {answer!r})")
         shown += 1
         if shown == 4:
             break

@@ -46,6 +46,11 @@ class ModelConfig:
     # positions: the way off the word-frequency plateau at small budgets, docs/results.md §8.12-8.13). mpnet has no
     # embedding projection (embedding_size is unused) and no token types
     arch: Literal["electra", "mpnet"] = "electra"
+    # an ELECTRA run's generator on another backbone than the discriminator ("": model.arch's). mpnet here gives an
+    # ELECTRA discriminator a generator whose relative-position bias starts local: a masked LM that leaves word
+    # frequencies at small budgets (docs/results.md §8.26). Under GDES the generator's width must then be the
+    # discriminator's embedding width (the word table is shared)
+    generator_arch: Literal["", "electra", "mpnet"] = ""
     # mpnet: the relative-position bias starts at -slope * distance (slopes 1 and 1/4 by head): "local"; or as
     # transformers initialises it (normal): "normal"
     relative_bias_init: Literal["local", "normal"] = "local"
@@ -78,6 +83,24 @@ class ModelConfig:
     # the encoder layers: fast (gpt_ds's C++ CPU paths where they apply; a GPU keeps torch's own), stock (plain
     # transformers), or auto = stock with kernels=reference (the all-stock twin the tests compare with), else fast
     encoder_kernels: Literal["auto", "fast", "stock"] = "auto"
+
+    def generator_width(self) -> int:
+        """An ELECTRA generator's width: model.generator_hidden_ratio of the discriminator's (at least 16)."""
+        return max(16, int(round(self.hidden_size * self.generator_hidden_ratio)))
+
+    def tower_arch(self, tower: str, kind: str = "electra") -> str:
+        """The backbone a tower is built on: model.arch, or model.generator_arch for an ELECTRA run's generator. The
+        MLM baseline's one tower (the engines call it the generator) is model.arch's."""
+        if tower == "generator" and kind == "electra" and self.generator_arch:
+            return self.generator_arch
+        return self.arch
+
+    def table_width(self, tower: str, kind: str = "electra") -> int:
+        """The width of a tower's word table: ELECTRA reads model.embedding_size and projects it to the tower's width;
+        MPNet has no projection, so its table is as wide as the tower. GDES needs both towers' widths equal."""
+        if self.tower_arch(tower, kind) == "electra":
+            return self.embedding_size
+        return self.generator_width() if tower == "generator" and kind == "electra" else self.hidden_size
 
 
 @dataclass
@@ -401,18 +424,27 @@ def validate(cfg: Config) -> None:
         problems.append(f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}")
     if not 0 < m.generator_hidden_ratio <= 1:
         problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio} must be in (0, 1]")
-    if m.arch == "mpnet":
-        if o.kind == "electra" and o.embedding_sharing == "gdes" and m.generator_hidden_ratio != 1:
-            problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio}: with model.arch=mpnet (no "
-                            "embedding projection) GDES shares the word table, so the generator needs the "
-                            "discriminator's width; set it to 1 and make the generator smaller with "
+    archs = {m.tower_arch("generator", o.kind), m.tower_arch("discriminator", o.kind)}
+    if m.generator_arch and o.kind != "electra":
+        problems.append(f"model.generator_arch = {m.generator_arch}: an MLM run has one tower, of model.arch; drop the "
+                        "key or set objective.kind=electra")
+    if o.kind == "electra" and o.embedding_sharing == "gdes" and "mpnet" in archs:
+        g_width, d_width = m.table_width("generator", o.kind), m.table_width("discriminator", o.kind)
+        if g_width != d_width:
+            fix = ("model.generator_hidden_ratio so that the generator's width is model.embedding_size"
+                   if m.arch == "electra" else "model.generator_hidden_ratio to 1")
+            problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio}: GDES shares the word table, and "
+                            f"the generator's ({m.tower_arch('generator', o.kind)}, {g_width} wide) does not match the "
+                            f"discriminator's ({d_width}); MPNet has no embedding projection, so an MPNet tower's "
+                            f"table is as wide as the tower. Set {fix} and make the generator smaller with "
                             "model.generator_layers (as DeBERTa-v3 does), or objective.embedding_sharing=none")
+    if "mpnet" in archs:
         if t.activation_checkpointing:
             problems.append("train.activation_checkpointing: transformers' MPNet does not support it; set it false "
-                            "or use model.arch=electra")
+                            "or use electra for model.arch (and model.generator_arch)")
         if cfg.data.two_segments:
-            problems.append("data.two_segments needs token types, which model.arch=mpnet does not have; use "
-                            "model.arch=electra or data.two_segments=false")
+            problems.append("data.two_segments needs token types, which an MPNet tower does not have; use electra "
+                            "for model.arch (and model.generator_arch) or data.two_segments=false")
     if cfg.data.seq_len > m.max_position_embeddings:
         problems.append(f"data.seq_len {cfg.data.seq_len} exceeds model.max_position_embeddings "
                         f"{m.max_position_embeddings}; raise the latter or shorten the rows")

@@ -33,7 +33,7 @@ from gpt_ds.export_card import model_card
 from gpt_ds.flops import run_flops
 from gpt_ds.model.discriminator import MPNetForReplacedTokenDetection
 from gpt_ds.model.generator import mpnet_positions
-from gpt_ds.model.hf_config import discriminator_config, generator_config
+from gpt_ds.model.hf_config import MPNET_FIRST_POSITION, discriminator_config, generator_config
 
 TIED = {"generator_lm_head.weight", "mlm.generator_lm_head.weight",  # ELECTRA; MPNet's below (tied output only)
         "lm_head.decoder.weight", "lm_head.decoder.bias", "mlm.lm_head.decoder.weight", "mlm.lm_head.decoder.bias"}
@@ -122,7 +122,9 @@ def build_hf_models(cfg: Config, state: dict, weights: dict[str, dict]):
     """Stock transformers models; GDES merged."""
     vocab, pad = state["vocab_size"], state["pad_id"]
     gen_sd = _strip(weights["generator"], "mlm.")
-    mpnet = cfg.model.arch == "mpnet"
+    kind = cfg.objective.kind
+    g_arch, d_arch = cfg.model.tower_arch("generator", kind), cfg.model.tower_arch("discriminator", kind)
+    mpnet = g_arch == "mpnet"
     gen = (MPNetForMaskedLM if mpnet else ElectraForMaskedLM)(generator_config(cfg, vocab, pad))
     _load_into(gen, gen_sd, "generator")
     gen.tie_weights()
@@ -135,13 +137,26 @@ def build_hf_models(cfg: Config, state: dict, weights: dict[str, dict]):
     if cfg.objective.kind == "electra":
         disc_sd = _strip(weights["discriminator"], "pt.")
         if cfg.objective.embedding_sharing == "gdes":
-            for table in ("word_embeddings", "position_embeddings"):
-                name = f"{cfg.model.arch}.embeddings.{table}.weight"
-                disc_sd[name] = disc_sd[name] + gen_sd[name]
-        disc = (MPNetForReplacedTokenDetection if mpnet else ElectraForPreTraining)(discriminator_config(cfg, vocab,
-                                                                                                          pad))
+            _merge_gdes(disc_sd, gen_sd, d_arch, g_arch)
+        disc = (MPNetForReplacedTokenDetection if d_arch == "mpnet" else ElectraForPreTraining)(
+            discriminator_config(cfg, vocab, pad))
         _load_into(disc, disc_sd, "discriminator")
     return gen.eval(), disc.eval() if disc is not None else None
+
+
+def _merge_gdes(disc_sd: dict, gen_sd: dict, d_arch: str, g_arch: str) -> None:
+    """E_D = E_G + E_delta for the word and position tables. Towers of two archs (model.generator_arch) number their
+    position rows differently (MPNet from MPNET_FIRST_POSITION): each discriminator row gets the generator row the
+    trainer added to it, the same position of the text."""
+    d, g = f"{d_arch}.embeddings.", f"{g_arch}.embeddings."
+    disc_sd[d + "word_embeddings.weight"] = disc_sd[d + "word_embeddings.weight"] + gen_sd[g + "word_embeddings.weight"]
+    first = {"mpnet": MPNET_FIRST_POSITION, "electra": 0}
+    delta, base = disc_sd[d + "position_embeddings.weight"], gen_sd[g + "position_embeddings.weight"]
+    shift = first[g_arch] - first[d_arch]  # generator row = discriminator row + shift
+    lo, hi = max(0, -shift), min(delta.shape[0], base.shape[0] - shift)
+    merged = delta.clone()
+    merged[lo:hi] += base[lo + shift:hi + shift]
+    disc_sd[d + "position_embeddings.weight"] = merged
 
 
 def framework_towers(cfg: Config, state: dict, weights: dict[str, dict]):
@@ -261,7 +276,7 @@ def verify_export(out: Path, cfg: Config, state: dict, weights: dict[str, dict])
                 emb = gen_ours.backbone.embeddings
                 base = emb.word_embeddings(ids) + emb.position_embeddings(pos)
             ours = disc_ours.pt.discriminator_predictions(disc_ours.encode(ids, att, tt, base))
-            theirs = hf_disc(ids, attention_mask=att, **theirs_kw).logits
+            theirs = hf_disc(ids, attention_mask=att, **({} if disc_ours.mpnet else {"token_type_ids": tt})).logits
             worst = max(worst, (ours - theirs)[att.bool()].abs().max().item())
     if worst > 1e-5:
         raise GptDsError(f"export {out}: reloaded models differ from gpt_ds's by {worst:.3g} (> 1e-5)")

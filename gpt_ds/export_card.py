@@ -42,7 +42,8 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
     step, m = state["step"], cfg.model
     role = "mlm" if cfg.objective.kind == "mlm" else part
     cls, what = ROLE[role]
-    if m.arch == "mpnet":
+    arch = m.tower_arch(role, cfg.objective.kind)
+    if arch == "mpnet":
         cls = MPNET_CLASS[role]
     tokens = step * cfg.train.global_batch * cfg.data.seq_len
     metrics = last_metrics(run_dir, step)
@@ -54,7 +55,7 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
         "---",
         "library_name: transformers",
         f"pipeline_tag: {'fill-mask' if cls.endswith('ForMaskedLM') else 'feature-extraction'}",
-        f"tags: [{'electra' if cfg.objective.kind == 'electra' else 'mlm'}, {m.arch}, gpt_ds]",
+        f"tags: [{'electra' if cfg.objective.kind == 'electra' else 'mlm'}, {arch}, gpt_ds]",
         "---",
         "",
         f"# {cfg.run.name} — {part} ({cls})",
@@ -75,7 +76,7 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
             if cfg.objective.kind == "electra" else "") + f"; mask probability {cfg.objective.mask_prob}.",
         f"- Encoder: {size['num_layers']} layers, hidden {size['hidden_size']}, {size['num_heads']} heads, "
         f"intermediate {size['intermediate_size']}, "
-        + (f"embeddings {m.embedding_size}" if m.arch == "electra" else
+        + (f"embeddings {m.embedding_size}" if arch == "electra" else
            f"MPNet's learned relative-position bias (started {m.relative_bias_init})")
         + f", {m.max_position_embeddings} positions, vocabulary {state.get('vocab_size')}.",
         f"- Data: {sources}; sequences of {cfg.data.seq_len} tokens.",
@@ -114,9 +115,9 @@ def model_card(part: str, cfg: Config, state: dict, run_dir: Path) -> str:
         "```",
         "",
         f"The tokenizer in this folder stops at {m.max_position_embeddings} tokens (`model_max_length`); weights are "
-        f"safetensors; no custom code (stock transformers {'MPNet' if m.arch == 'mpnet' else 'ELECTRA'} classes)."
+        f"safetensors; no custom code (stock transformers {'MPNet' if arch == 'mpnet' else 'ELECTRA'} classes)."
         + (" MPNet counts positions past id 1, which is [UNK] in this tokenizer: a text's positions after an [UNK] "
-           "are one lower than in pretraining." if m.arch == "mpnet" else ""),
+           "are one lower than in pretraining." if arch == "mpnet" else ""),
         "",
     ]
     return "\n".join(lines)

@@ -25,13 +25,6 @@ def encoder_forward_flops(tokens: int, seq_len: int, hidden: int, layers: int, f
     return float(tokens) * (layers * per_token_layer + project) + attention_flops(tokens, seq_len, hidden, layers)
 
 
-def embedding_width(model, hidden: int) -> int:
-    """The width of a tower's token table. ELECTRA's towers read one table of model.embedding_size, projected to each
-    tower's width; MPNet has no projection, so its table is as wide as the tower (a narrower MPNet generator, allowed
-    with objective.embedding_sharing=none, has its own)."""
-    return hidden if model.arch == "mpnet" else model.embedding_size
-
-
 def lm_head_flops(masked: int, hidden: int, embedding: int, vocab: int) -> float:
     """A masked-LM head at the masked positions: dense hidden -> table width, then the output layer over the vocab."""
     return masked * 2.0 * (hidden * embedding + embedding * vocab)
@@ -46,13 +39,13 @@ def step_flops(cfg: Config, vocab_size: int | None = None) -> dict:
     tokens = cfg.train.global_batch * L
     masked = int((o.mask_prob + 0.005) * L) * cfg.train.global_batch
     if o.kind == "mlm":
-        e = embedding_width(m, m.hidden_size)
+        e = m.table_width("generator", "mlm")
         gen = (encoder_forward_flops(tokens, L, m.hidden_size, m.num_layers, m.intermediate_size, e)
                + lm_head_flops(masked, m.hidden_size, e, v))
         return {"generator": 3 * gen, "discriminator": 0.0, "sampling": 0.0, "total": 3 * gen, "tokens": tokens,
                 "attention": 3 * attention_flops(tokens, L, m.hidden_size, m.num_layers)}
     g = generator_sizes(m)
-    ge, de = embedding_width(m, g["hidden_size"]), embedding_width(m, m.hidden_size)
+    ge, de = m.table_width("generator"), m.table_width("discriminator")
     gen = (encoder_forward_flops(tokens, L, g["hidden_size"], g["num_layers"], g["intermediate_size"], ge)
            + lm_head_flops(masked, g["hidden_size"], ge, v))
     # sequence contrastive learning: a share of the rows passes the discriminator's encoder a second time, uncorrupted

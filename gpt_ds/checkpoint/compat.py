@@ -16,7 +16,7 @@ from gpt_ds.errors import GptDsError
 RESUMABLE_MODEL_KEYS = ("kernels", "encoder_kernels", "hidden_dropout", "attention_dropout", "position_init",
                         "init_output_priors", "initializer_range", "relative_bias_init")
 # Keys a checkpoint from before them did not record, and the value it was trained with
-ADDED_MODEL_KEYS = {"arch": "electra"}
+ADDED_MODEL_KEYS = {"arch": "electra", "generator_arch": ""}
 
 
 def model_differences(saved: dict, cfg: Config) -> list[str]:

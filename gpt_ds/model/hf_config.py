@@ -16,9 +16,9 @@ MPNET_FIRST_POSITION = MPNET_PADDING_IDX + 1
 
 
 def _tower_config(cfg: Config, vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int,
-                  ffn: int, tied: bool = True) -> ElectraConfig | MPNetConfig:
+                  ffn: int, tied: bool = True, tower: str = "discriminator") -> ElectraConfig | MPNetConfig:
     m = cfg.model
-    if m.arch == "mpnet":
+    if m.tower_arch(tower, cfg.objective.kind) == "mpnet":
         return MPNetConfig(tie_word_embeddings=tied,
             vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
             intermediate_size=ffn, hidden_act=m.activation, hidden_dropout_prob=m.hidden_dropout,
@@ -48,7 +48,7 @@ def generator_config(cfg: Config, vocab_size: int, pad_id: int) -> ElectraConfig
                              m.intermediate_size, m.tie_output_embeddings)
     g = generator_sizes(m)
     return _tower_config(cfg, vocab_size, pad_id, g["hidden_size"], g["num_layers"], g["num_heads"],
-                         g["intermediate_size"], m.tie_output_embeddings)
+                         g["intermediate_size"], m.tie_output_embeddings, tower="generator")
 
 
 # Families that number positions from pad_token_id + 1 (RoBERTa's rule): the table holds pad_token_id + 1 fewer.

@@ -8,7 +8,7 @@ from gpt_ds.config import ModelConfig, ObjectiveConfig
 def generator_sizes(m: ModelConfig) -> dict:
     """A fraction of the discriminator's width (model.generator_hidden_ratio; the paper's best are 1/4 to 1/2), the
     discriminator's head width, FFN scaled by the same fraction."""
-    hidden = max(16, int(round(m.hidden_size * m.generator_hidden_ratio)))
+    hidden = m.generator_width()
     head_dim = m.hidden_size // m.num_heads
     heads = max(1, hidden // head_dim) if hidden % head_dim == 0 else 1
     return dict(hidden_size=hidden, num_layers=m.generator_layers or m.num_layers, num_heads=heads,

@@ -45,9 +45,9 @@ def build_models(cfg: Config, vocab_size: int, pad_id: int, seed: int,
         for tower in (gen.mlm, disc.pt if disc is not None else None):
             if tower is not None:  # non-reentrant: works with ZeRO-3's hooks and keeps dropout's RNG stream
                 tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.model.arch == "mpnet" and cfg.model.relative_bias_init == "local":
+    if cfg.model.relative_bias_init == "local":
         for tower in (gen, disc):
-            if tower is not None:
+            if tower is not None and tower.mpnet:
                 local_bias_(tower.backbone.encoder.relative_attention_bias)
     if cfg.model.position_init == "sinusoidal":
         tables = [gen.backbone.embeddings.position_embeddings.weight]

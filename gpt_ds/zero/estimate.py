@@ -54,7 +54,8 @@ def estimate(cfg: Config, nodes: int, gpus_per_node: int, gpu_mem: int, *, mfu: 
     compute_s = flops["total"] / (world * peak_tflops * 1e12 * mfu)
     rows = []
     # transformers' MPNet has no activation checkpointing (the config refuses it): never recommend it there
-    checkpointing = (False,) if cfg.model.arch == "mpnet" else (False, True)
+    mpnet = "mpnet" in {cfg.model.tower_arch(t, cfg.objective.kind) for t in ("generator", "discriminator")}
+    checkpointing = (False,) if mpnet else (False, True)
     for opt in OPTIONS:
         for ckpt in checkpointing:
             rows.append(_option_row(cfg, tws, opt, ckpt, prec, act, world, gpus_per_node, layout, gpu_mem * headroom,

@@ -123,7 +123,8 @@ def towers(cfg: Config, vocab: int | None = None) -> list[Tower]:
         downstream = name == "discriminator" or len(specs) == 1  # the tower optim.encoder_layer_lr_decay applies to
         groups, largest = _meta_tower(name, v, m.embedding_size, h, layers, heads, ffn, m.max_position_embeddings,
                                       m.tie_output_embeddings,
-                                      name == "discriminator" and cfg.objective.disc_mlm_weight > 0, m.arch,
+                                      name == "discriminator" and cfg.objective.disc_mlm_weight > 0,
+                                      m.tower_arch(name, cfg.objective.kind),
                                       cfg.optim.encoder_layer_lr_decay if downstream else 1.0)
         out.append(Tower(name, h, layers, heads, ffn, m.embedding_size, v, groups, largest,
                          max(n for g in groups for n in g)))
