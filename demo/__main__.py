@@ -81,6 +81,15 @@ def curve(run_dir: Path) -> None:
               f"{r['disc_loss']:7.4f} {r['disc_loss_prior']:7.4f} {r['disc_auc']:6.3f} {r['tokens_per_s']:8.0f}")
 
 
+def blank_word(words: list[str], tok) -> int | None:
+    """Which word of a sentence the fill-mask example blanks: the longest inner word the tokenizer keeps as one piece.
+    One [MASK] stands for one piece (pretraining masks each piece on its own): a word of several pieces would ask for
+    a piece that cannot fill the blank alone, and every model would look as if it guessed at random."""
+    whole = [i for i in range(1, len(words) - 1)
+             if words[i].isalpha() and len(tok(words[i], add_special_tokens=False)["input_ids"]) == 1]
+    return max(whole, key=lambda i: len(words[i])) if whole else None
+
+
 def show_examples(export_dir: Path, held_texts: list[str]) -> None:
     from transformers import AutoTokenizer, pipeline
 
@@ -95,13 +104,9 @@ def show_examples(export_dir: Path, held_texts: list[str]) -> None:
         if sentence is None:
             continue
         words = sentence.split()
-        # one [MASK] stands for one piece (pretraining masks each piece on its own): a word of several pieces would
-        # ask for a piece that cannot fill the blank alone
-        whole = [i for i in range(1, len(words) - 1)
-                 if words[i].isalpha() and len(tok(words[i], add_special_tokens=False)["input_ids"]) == 1]
-        if not whole:
+        target = blank_word(words, tok)
+        if target is None:
             continue
-        target = max(whole, key=lambda i: len(words[i]))
         answer = words[target]
         words[target] = tok.mask_token
         masked = " ".join(words)

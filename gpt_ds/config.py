@@ -41,10 +41,11 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    # the stock transformers backbone of both towers: electra (learned absolute positions; embedding projection), or
-    # mpnet (also a learned bias per relative distance, which `relative_bias_init: local` starts favouring near
-    # positions: the way off the word-frequency plateau at small budgets, docs/results.md §8.12-8.13). mpnet has no
-    # embedding projection (embedding_size is unused) and no token types
+    # the stock transformers backbone of both towers (an ELECTRA run's generator may have another: generator_arch):
+    # electra (learned absolute positions; embedding projection), or mpnet (also a learned bias per relative
+    # distance, which `relative_bias_init: local` starts favouring near positions: the way off the word-frequency
+    # plateau at small budgets, docs/results.md §8.12-8.13). mpnet has no embedding projection (embedding_size is
+    # unused) and no token types
     arch: Literal["electra", "mpnet"] = "electra"
     # an ELECTRA run's generator on another backbone than the discriminator ("": model.arch's). mpnet here gives an
     # ELECTRA discriminator a generator whose relative-position bias starts local: a masked LM that leaves word
