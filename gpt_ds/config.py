@@ -432,12 +432,12 @@ def validate(cfg: Config) -> None:
     if o.kind == "electra" and o.embedding_sharing == "gdes" and "mpnet" in archs:
         g_width, d_width = m.table_width("generator", o.kind), m.table_width("discriminator", o.kind)
         if g_width != d_width:
-            fix = ("model.generator_hidden_ratio so that the generator's width is model.embedding_size"
-                   if m.arch == "electra" else "model.generator_hidden_ratio to 1")
-            problems.append(f"model.generator_hidden_ratio = {m.generator_hidden_ratio}: GDES shares the word table, and "
-                            f"the generator's ({m.tower_arch('generator', o.kind)}, {g_width} wide) does not match the "
-                            f"discriminator's ({d_width}); MPNet has no embedding projection, so an MPNet tower's "
-                            f"table is as wide as the tower. Set {fix} and make the generator smaller with "
+            g_arch = m.tower_arch("generator", o.kind)
+            fix = (f"model.generator_hidden_ratio={d_width / m.hidden_size:g} (a generator {d_width} wide)"
+                   if g_arch == "mpnet" else f"model.embedding_size={d_width}")
+            problems.append(f"GDES shares the word table, and the generator's ({g_arch}, {g_width} wide) does not "
+                            f"match the discriminator's ({d_width}); MPNet has no embedding projection, so an MPNet "
+                            f"tower's table is as wide as the tower. Set {fix}, making the generator smaller with "
                             "model.generator_layers (as DeBERTa-v3 does), or objective.embedding_sharing=none")
     if "mpnet" in archs:
         if t.activation_checkpointing:

@@ -11,6 +11,7 @@ from transformers import ElectraForPreTraining, MPNetForMaskedLM
 from gpt_ds.config import ConfigError, load_config
 from gpt_ds.model.relative_bias import local_bias_
 from test_model import SPECIALS, V, do_mask, rows
+from test_mpnet import stock_mpnet_logits
 from test_train import FAST, gpt_ds
 
 HYBRID = ["model.generator_arch=mpnet", "model.generator_hidden_ratio=1", "model.generator_layers=1",
@@ -26,13 +27,16 @@ def hybrid_cfg(*over):
 def test_config_refuses_what_the_towers_cannot_share_or_do():
     cfg = hybrid_cfg()
     assert cfg.model.arch == "electra" and cfg.model.generator_arch == "mpnet"
-    for override, named in (("model.embedding_size=16", "model.generator_hidden_ratio"),  # GDES: one word table
+    for override, named in (("model.embedding_size=16", r"model.generator_hidden_ratio=0.5 \(a generator 16 wide"),
                             ("objective.kind=mlm", "model.generator_arch = mpnet: an MLM run has one tower"),
                             ("data.two_segments=true", "data.two_segments"),
                             ("train.activation_checkpointing=true", "train.activation_checkpointing")):
         with pytest.raises(ConfigError, match=named):
             hybrid_cfg(override)
     hybrid_cfg("model.embedding_size=16", "objective.embedding_sharing=none")  # nothing shared: any widths
+    # the other way round (an ELECTRA generator, MPNet discriminator): its table is model.embedding_size wide
+    with pytest.raises(ConfigError, match="Set model.embedding_size=32,"):
+        load_config("tiny", [*HYBRID, "model.arch=mpnet", "model.generator_arch=electra", "model.embedding_size=16"])
 
 
 def test_towers_match_stock_models_and_gdes_merges_across_position_numberings():
@@ -50,10 +54,8 @@ def test_towers_match_stock_models_and_gdes_merges_across_position_numberings():
     tt = torch.zeros_like(ids)
     mk = do_mask(ids, att, torch.arange(5))
     out = gen(mk.masked_ids, att, tt, mk.positions, mk.targets, mk.row_ids, ids, 5)
-    hf = MPNetForMaskedLM(gen.mlm.config).eval()
-    hf.load_state_dict(gen.mlm.state_dict())
-    pos = torch.arange(2, 2 + ids.shape[1])[None].expand_as(ids)
-    logits = hf(mk.masked_ids, attention_mask=att, position_ids=pos).logits.reshape(-1, V)[mk.positions]
+    logits, _ = stock_mpnet_logits(gen, mk.masked_ids, att)
+    logits = logits[mk.positions]
     assert torch.allclose(out.loss, F.cross_entropy(logits, mk.targets), atol=1e-6)
 
     labels = (out.corrupted_ids != ids).long()

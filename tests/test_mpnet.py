@@ -35,6 +35,15 @@ def test_config_refuses_what_mpnet_towers_cannot_do():
     load_config("tiny-mpnet", ["model.generator_hidden_ratio=0.5", "objective.embedding_sharing=none"])
 
 
+def stock_mpnet_logits(gen, masked_ids: torch.Tensor, att: torch.Tensor):
+    """A gpt_ds MPNet generator's weights in a stock MPNetForMaskedLM, given the positions gpt_ds gives (from 2):
+    (logits over every position, flattened; those positions)."""
+    hf = MPNetForMaskedLM(gen.mlm.config).eval()
+    hf.load_state_dict(gen.mlm.state_dict())
+    pos = torch.arange(2, 2 + masked_ids.shape[1])[None].expand_as(masked_ids)
+    return hf(masked_ids, attention_mask=att, position_ids=pos).logits.reshape(-1, V), pos
+
+
 def test_local_bias_follows_mpnets_buckets_and_favours_near_positions():
     """Every relative distance gets about -slope * distance through MPNet's own bucketing (exact for near distances,
     never more than one bucket's span too small far away), the same both ways; so a softmax over the bias alone puts
@@ -76,10 +85,8 @@ def test_towers_match_plain_mpnet_and_gdes_merges_into_a_stock_encoder():
     tt = torch.zeros_like(ids)
     mk = do_mask(ids, att, torch.arange(5))
     out = gen(mk.masked_ids, att, tt, mk.positions, mk.targets, mk.row_ids, ids, 5)
-    hf = MPNetForMaskedLM(gen.mlm.config).eval()
-    hf.load_state_dict(gen.mlm.state_dict())
-    pos = torch.arange(2, 2 + ids.shape[1])[None].expand_as(ids)
-    logits = hf(mk.masked_ids, attention_mask=att, position_ids=pos).logits.reshape(-1, V)[mk.positions]
+    logits, pos = stock_mpnet_logits(gen, mk.masked_ids, att)
+    logits = logits[mk.positions]
     assert torch.allclose(out.loss, F.cross_entropy(logits, mk.targets), atol=1e-6)
     z = logits / cfg.objective.temperature + gumbel_noise(5, mk.row_ids, torch.arange(V))
     assert torch.equal(out.sampled, z.argmax(-1))
